@@ -1,0 +1,240 @@
+import { execa } from 'execa';
+import { simpleGit, type SimpleGit } from 'simple-git';
+import { existsSync } from 'node:fs';
+import { lstat, mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { UserError } from './errors.js';
+import { contentHash } from './hashing.js';
+import { stateDir } from './paths.js';
+
+export const TRAIN_FILE = 'train.py';
+export const SESSION_BRANCH_PREFIX = 'autoresearch/';
+export const BASELINE_BRANCH = 'main';
+const EXPERIMENT_REF_PREFIX = 'refs/autoresearch/experiments/';
+const DISCARDED_REF_PREFIX = 'refs/autoresearch/discarded/';
+
+/** Commits made by the server carry this identity, so history shows who wrote what. */
+const GIT_IDENTITY = { name: 'autoresearch-mcp', email: 'autoresearch-mcp@localhost' };
+
+export const WORKSPACE_GITIGNORE = ['data/', '.autoresearch/', '__pycache__/', '*.pyc', 'out/', '.venv/', ''].join('\n');
+
+/**
+ * A session tag becomes part of a branch name; refuse anything git could read as an option
+ * or a path trick.
+ */
+export function validateSessionTag(tag: string): string | undefined {
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(tag)) {
+    return `Invalid session tag "${tag}": use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit (e.g. "nov27").`;
+  }
+  if (tag.includes('..') || tag.endsWith('.lock') || tag.endsWith('.')) {
+    return `Invalid session tag "${tag}": it may not contain "..", or end with "." or ".lock".`;
+  }
+  return undefined;
+}
+
+/** Commit ids from callers must be plain hex: never an option, a range or a ref expression. */
+export function validateCommitId(commit: string): string | undefined {
+  return /^[0-9a-f]{7,64}$/.test(commit) ? undefined : `"${commit}" is not a commit id (expected 7-64 lowercase hex digits).`;
+}
+
+export interface WorkingTreeState {
+  /** Paths other than train.py that differ from the branch head (never committed by the server). */
+  strayChanges: string[];
+  trainPyModified: boolean;
+}
+
+/** Git operations on a workspace: the session branch, candidate commits, worktrees. */
+export class Workspace {
+  readonly git: SimpleGit;
+
+  constructor(readonly dir: string) {
+    this.git = simpleGit({ baseDir: dir, config: [`user.name=${GIT_IDENTITY.name}`, `user.email=${GIT_IDENTITY.email}`] });
+  }
+
+  get trainPath(): string {
+    return join(this.dir, TRAIN_FILE);
+  }
+
+  async currentBranch(): Promise<string> {
+    return (await this.git.raw(['symbolic-ref', '--short', 'HEAD'])).trim();
+  }
+
+  async headCommit(): Promise<string> {
+    return (await this.git.raw(['rev-parse', '--verify', 'HEAD^{commit}'])).trim();
+  }
+
+  /** The working copy; a symlink is refused so nothing outside the workspace is read or written. */
+  async readTrainPy(): Promise<string> {
+    if ((await lstat(this.trainPath)).isSymbolicLink()) {
+      throw new UserError(`train.py is a symlink; the server only edits a regular file. Restore it with: git checkout -- train.py`);
+    }
+    return readFile(this.trainPath, 'utf8');
+  }
+
+  async readFileAt(commit: string, path: string): Promise<string> {
+    const bad = validateCommitId(commit);
+    if (bad) throw new UserError(bad);
+    return this.git.raw(['show', `${commit}:${path}`]);
+  }
+
+  /** Writes train.py through a temporary file and a rename, so a reader never sees half a file. */
+  async writeTrainPy(text: string): Promise<void> {
+    const temp = join(this.dir, `.${TRAIN_FILE}.${process.pid}.${Date.now()}.tmp`);
+    await writeFile(temp, text, 'utf8');
+    await rename(temp, this.trainPath);
+  }
+
+  async branchExists(branch: string): Promise<boolean> {
+    // for-each-ref prints nothing for a missing ref (rev-parse --quiet would exit 1 silently,
+    // which simple-git does not report as a failure).
+    return (await this.git.raw(['for-each-ref', '--format=%(refname)', `refs/heads/${branch}`])).trim() !== '';
+  }
+
+  /** Creates autoresearch/<tag> at `from` and checks it out, keeping the working tree's train.py. */
+  async createSessionBranch(tag: string, from: string): Promise<string> {
+    const bad = validateSessionTag(tag) ?? validateCommitId(from);
+    if (bad) throw new UserError(bad);
+    const branch = SESSION_BRANCH_PREFIX + tag;
+    if (await this.branchExists(branch)) {
+      throw new UserError(`Session "${tag}" already exists (branch ${branch}). Choose a new tag.`);
+    }
+    await this.git.raw(['branch', '--no-track', branch, from]);
+    // Point HEAD at the new branch without touching files: both branches hold the same tree.
+    await this.git.raw(['symbolic-ref', 'HEAD', `refs/heads/${branch}`]);
+    await this.git.raw(['read-tree', 'HEAD']);
+    return branch;
+  }
+
+  async workingTreeState(): Promise<WorkingTreeState> {
+    const status = await this.git.raw(['status', '--porcelain=v1', '--untracked-files=all']);
+    const paths = status
+      .split('\n')
+      .filter(Boolean)
+      .map((line) => line.slice(3));
+    return {
+      trainPyModified: paths.includes(TRAIN_FILE),
+      strayChanges: paths.filter((p) => p !== TRAIN_FILE),
+    };
+  }
+
+  /**
+   * Commits `trainPy` on top of `parent` without touching the index or the working tree
+   * (a private index file), and pins it under refs/autoresearch/experiments/<id>.
+   */
+  async commitCandidate(experimentId: number, parent: string, trainPy: string, message: string): Promise<string> {
+    const bad = validateCommitId(parent);
+    if (bad) throw new UserError(bad);
+    const scratch = await mkdtemp(join(tmpdir(), 'autoresearch-commit-'));
+    try {
+      const blobFile = join(scratch, 'train.py');
+      await writeFile(blobFile, trainPy, 'utf8');
+      const env = {
+        PATH: process.env.PATH ?? '/usr/bin:/bin',
+        HOME: process.env.HOME ?? tmpdir(),
+        GIT_INDEX_FILE: join(scratch, 'index'),
+        GIT_AUTHOR_NAME: GIT_IDENTITY.name,
+        GIT_AUTHOR_EMAIL: GIT_IDENTITY.email,
+        GIT_COMMITTER_NAME: GIT_IDENTITY.name,
+        GIT_COMMITTER_EMAIL: GIT_IDENTITY.email,
+      };
+      // Plumbing with a private GIT_INDEX_FILE: simple-git guards that variable, so call git directly.
+      const git = async (args: string[]) =>
+        (await execa('git', args, { cwd: this.dir, env, extendEnv: false, stdin: 'ignore' })).stdout.trim();
+      const blob = await git(['hash-object', '-w', '--', blobFile]);
+      await git(['read-tree', parent]);
+      await git(['update-index', '--add', '--cacheinfo', `100644,${blob},${TRAIN_FILE}`]);
+      const tree = await git(['write-tree']);
+      const commit = await git(['commit-tree', tree, '-p', parent, '-m', message]);
+      await this.git.raw(['update-ref', `${EXPERIMENT_REF_PREFIX}${experimentId}`, commit]);
+      return commit;
+    } finally {
+      await rm(scratch, { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * Moves the branch from `expectedHead` to `commit` (compare-and-swap: fails if the branch moved
+   * meanwhile) and refreshes the index so the working tree is compared against the new head.
+   */
+  async advanceBranch(branch: string, expectedHead: string, commit: string): Promise<void> {
+    const bad = validateCommitId(expectedHead) ?? validateCommitId(commit);
+    if (bad) throw new UserError(bad);
+    await this.git.raw(['update-ref', `refs/heads/${branch}`, commit, expectedHead]);
+    if ((await this.currentBranch()) === branch) await this.git.raw(['read-tree', 'HEAD']);
+  }
+
+  async markDiscarded(experimentId: number, commit: string): Promise<void> {
+    const bad = validateCommitId(commit);
+    if (bad) throw new UserError(bad);
+    await this.git.raw(['update-ref', `${DISCARDED_REF_PREFIX}${experimentId}`, commit]);
+  }
+
+  /**
+   * Three-way merge of train.py: the change from `base` to `theirs` replayed onto `ours`.
+   * Returns undefined when the two changes touch the same lines.
+   */
+  async mergeTrainPy(base: string, ours: string, theirs: string): Promise<string | undefined> {
+    const scratch = await mkdtemp(join(tmpdir(), 'autoresearch-merge-'));
+    try {
+      const [b, o, t] = ['base', 'ours', 'theirs'].map((n) => join(scratch, n));
+      await Promise.all([writeFile(b, base), writeFile(o, ours), writeFile(t, theirs)]);
+      // merge-file exits with the number of conflicts; simple-git would hide that, so call git directly.
+      const merged = await execa('git', ['merge-file', '-p', '--', o, b, t], { reject: false, stdin: 'ignore', stripFinalNewline: false });
+      return merged.exitCode === 0 ? merged.stdout : undefined;
+    } finally {
+      await rm(scratch, { recursive: true, force: true });
+    }
+  }
+
+  worktreePath(experimentId: number): string {
+    return join(stateDir(this.dir), 'worktrees', String(experimentId));
+  }
+
+  async addWorktree(experimentId: number, commit: string): Promise<string> {
+    const bad = validateCommitId(commit);
+    if (bad) throw new UserError(bad);
+    const path = this.worktreePath(experimentId);
+    if (existsSync(path)) await this.removeWorktree(experimentId);
+    await mkdir(join(stateDir(this.dir), 'worktrees'), { recursive: true });
+    await this.git.raw(['worktree', 'add', '--detach', '--', path, commit]);
+    return path;
+  }
+
+  async removeWorktree(experimentId: number): Promise<void> {
+    const path = this.worktreePath(experimentId);
+    try {
+      await this.git.raw(['worktree', 'remove', '--force', '--', path]);
+    } catch {
+      await rm(path, { recursive: true, force: true });
+      await this.git.raw(['worktree', 'prune']);
+    }
+  }
+
+  async pruneWorktrees(): Promise<void> {
+    await rm(join(stateDir(this.dir), 'worktrees'), { recursive: true, force: true });
+    await this.git.raw(['worktree', 'prune']);
+  }
+
+  /** One line per commit on the branch since the baseline, newest first. */
+  async history(branch: string, limit = 50): Promise<{ commit: string; subject: string }[]> {
+    const out = await this.git.raw(['log', `--max-count=${limit}`, '--format=%H%x09%s', `refs/heads/${branch}`, '--']);
+    return out
+      .split('\n')
+      .filter(Boolean)
+      .map((line) => {
+        const [commit, subject] = line.split('\t');
+        return { commit, subject };
+      });
+  }
+
+  async diff(from: string, to: string): Promise<string> {
+    const bad = validateCommitId(from) ?? validateCommitId(to);
+    if (bad) throw new UserError(bad);
+    return this.git.raw(['diff', from, to, '--', TRAIN_FILE]);
+  }
+}
+
+export function trainHash(text: string): string {
+  return contentHash(text);
+}

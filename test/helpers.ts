@@ -1,0 +1,89 @@
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
+import { existsSync } from 'node:fs';
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { createWorkspace, type Profile } from '../src/core/init.js';
+
+export const ROOT = resolve(import.meta.dirname, '..');
+export const CLI = join(ROOT, 'dist', 'cli.js');
+export const PYTHON = '/usr/bin/python3';
+
+const preparedData = new Map<Profile, Promise<string>>();
+
+/**
+ * Prepared data is the slow part of a workspace; each test file prepares it once per profile and
+ * points further workspaces at it (the same pointer users get with `init --data-dir`).
+ */
+export function sharedDataDir(profile: Profile): Promise<string> {
+  let dir = preparedData.get(profile);
+  if (!dir) {
+    dir = (async () => {
+      const root = await mkdtemp(join(tmpdir(), `ar-data-${profile}-`));
+      await createWorkspace(join(root, 'first'), { profile, python: PYTHON, dataDir: join(root, 'data') });
+      return join(root, 'data');
+    })();
+    preparedData.set(profile, dir);
+  }
+  return dir;
+}
+
+/** A fresh workspace on prepared data of the profile. */
+export async function makeWorkspace(profile: Profile): Promise<string> {
+  const dataDir = await sharedDataDir(profile);
+  const dir = join(await mkdtemp(join(tmpdir(), `ar-ws-${profile}-`)), 'ws');
+  await createWorkspace(dir, { profile, python: PYTHON, dataDir });
+  return dir;
+}
+
+export interface Connected {
+  client: Client;
+  transport: StdioClientTransport;
+  stderr: () => string;
+}
+
+/** Starts the built server as a real process and connects the SDK client over stdio. */
+export async function connect(workspace: string, serverArgs: string[] = [], name = 'vitest'): Promise<Connected> {
+  if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run npm run build first (npm test does).`);
+  const transport = new StdioClientTransport({
+    command: process.execPath,
+    args: [CLI, 'serve', '--workspace', workspace, ...serverArgs],
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp' },
+    stderr: 'pipe',
+  });
+  let stderr = '';
+  transport.stderr?.on('data', (chunk) => (stderr += chunk));
+  const client = new Client({ name, version: '0.0.1' });
+  await client.connect(transport);
+  return { client, transport, stderr: () => stderr };
+}
+
+export type ToolResult = { isError?: boolean; structuredContent?: any; content: { type: string; text?: string }[] };
+
+export async function call(client: Client, name: string, args: Record<string, unknown> = {}): Promise<ToolResult> {
+  return (await client.callTool({ name, arguments: args }, undefined, { timeout: 120_000 })) as ToolResult;
+}
+
+/** Calls a tool that must succeed and returns its structured content. */
+export async function ok(client: Client, name: string, args: Record<string, unknown> = {}): Promise<any> {
+  const result = await call(client, name, args);
+  if (result.isError) throw new Error(`${name} failed: ${result.content.map((c) => c.text).join('\n')}`);
+  return result.structuredContent;
+}
+
+/** Calls a tool that must fail and returns its message. */
+export async function fails(client: Client, name: string, args: Record<string, unknown> = {}): Promise<string> {
+  const result = await call(client, name, args);
+  if (!result.isError) throw new Error(`${name} unexpectedly succeeded: ${JSON.stringify(result.structuredContent)}`);
+  return result.content.map((c) => c.text).join('\n');
+}
+
+const FINISHED = ['succeeded', 'crashed', 'timed_out', 'cancelled', 'rejected'];
+
+export async function waitFinished(client: Client, id: number): Promise<any> {
+  for (;;) {
+    const result = await ok(client, 'get_results', { experiment_id: id, wait_seconds: 30 });
+    if (FINISHED.includes(result.experiments[0].status)) return result.experiments[0];
+  }
+}

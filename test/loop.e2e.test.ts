@@ -1,0 +1,131 @@
+import Database from 'better-sqlite3';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Workspace } from '../src/core/workspace.js';
+import { connect, fails, makeWorkspace, ok, waitFinished, type Connected } from './helpers.js';
+
+/** Replaces the value of a module constant of train.py through a search/replace edit. */
+function setConstant(text: string, name: string, value: (old: number) => string) {
+  const line = new RegExp(`^${name}\\s*=\\s*([^#\\n]+?)\\s*(#.*)?$`, 'm').exec(text);
+  if (!line) throw new Error(`train.py has no constant ${name}`);
+  return { search: line[0], replace: line[0].replace(line[1], value(Number(line[1]))) };
+}
+
+async function patchAndRun(server: Connected, description: string, edit: (text: string) => { search: string; replace: string }[]) {
+  const current = await ok(server.client, 'read_train_py');
+  await ok(server.client, 'apply_patch', { edits: edit(current.text), expected_hash: current.hash });
+  const run = await ok(server.client, 'run_experiment', { description });
+  return waitFinished(server.client, run.experiment.id);
+}
+
+/**
+ * The whole loop on the cpu profile with the real train.py, driven over stdio by the SDK client:
+ * a handicapped first run, a fix that improves, a regression, a crash, a run that never ends.
+ */
+describe('full research loop over stdio (cpu profile, real training)', () => {
+  let workspace: string;
+  let server: Connected;
+  let original: string;
+
+  beforeAll(async () => {
+    workspace = await makeWorkspace('cpu');
+    server = await connect(workspace, ['--ceiling-seconds', '75'], 'loop-e2e');
+    await ok(server.client, 'start_session', { tag: 'e2e' });
+    original = (await ok(server.client, 'read_train_py')).text;
+  }, 600_000);
+
+  afterAll(async () => {
+    await server?.client.close();
+  });
+
+  let handicapped: any;
+  let improved: any;
+
+  it('keeps the first result of a session as the baseline to beat', async () => {
+    handicapped = await patchAndRun(server, 'handicap: learning rates / 30', (text) => [
+      setConstant(text, 'MATRIX_LR', (v) => String(v / 30)),
+      setConstant(text, 'EMBED_LR', (v) => String(v / 30)),
+    ]);
+    expect(handicapped.status).toBe('succeeded');
+    expect(handicapped.val_bpb).toBeGreaterThan(0);
+    const decided = await ok(server.client, 'commit_or_revert', { experiment_id: handicapped.id, action: 'auto' });
+    expect(decided.decision).toBe('keep');
+    expect(decided.head).toBe(handicapped.commit);
+  }, 300_000);
+
+  it('keeps a change that lowers val_bpb', async () => {
+    improved = await patchAndRun(server, 'restore the tuned learning rates', (text) =>
+      ['MATRIX_LR', 'EMBED_LR'].map((name) => {
+        const line = (source: string) => new RegExp(`^${name}\\s*=.*$`, 'm').exec(source)?.[0] as string;
+        return { search: line(text), replace: line(original) };
+      }),
+    );
+    expect(improved.status).toBe('succeeded');
+    expect(improved.val_bpb).toBeLessThan(handicapped.val_bpb);
+    const decided = await ok(server.client, 'commit_or_revert', { experiment_id: improved.id, action: 'auto' });
+    expect(decided.decision).toBe('keep');
+    expect(decided.reason).toMatch(/< best/);
+  }, 300_000);
+
+  it('discards a change that raises val_bpb and restores train.py', async () => {
+    const regressed = await patchAndRun(server, 'learning rates far too low', (text) => [setConstant(text, 'MATRIX_LR', () => '0.00001')]);
+    expect(regressed.status).toBe('succeeded');
+    expect(regressed.val_bpb).toBeGreaterThan(improved.val_bpb);
+    const decided = await ok(server.client, 'commit_or_revert', { experiment_id: regressed.id, action: 'auto' });
+    expect(decided.decision).toBe('discard');
+    expect(decided.restored_train_py).toBe(true);
+    const now = await ok(server.client, 'read_train_py');
+    expect(now.text).toBe((await ok(server.client, 'read_train_py', { experiment_id: improved.id })).text);
+  }, 300_000);
+
+  it('records a crash with its traceback, refuses to keep it, and auto-discards it', async () => {
+    const crashed = await patchAndRun(server, 'typo in the model', (text) => {
+      const anchor = /^SEED = .*$/m.exec(text)?.[0] as string;
+      return [{ search: anchor, replace: `${anchor}\nraise RuntimeError("deliberate crash for the test")` }];
+    });
+    expect(crashed.status).toBe('crashed');
+    expect(crashed.val_bpb).toBeNull();
+    const log = await ok(server.client, 'get_run_log', { experiment_id: crashed.id, lines: 30 });
+    expect(log.log).toContain('RuntimeError: deliberate crash for the test');
+    expect(await fails(server.client, 'commit_or_revert', { experiment_id: crashed.id, action: 'keep' })).toMatch(/only a succeeded experiment can be kept/);
+    const decided = await ok(server.client, 'commit_or_revert', { experiment_id: crashed.id, action: 'auto' });
+    expect(decided.decision).toBe('discard');
+    expect(decided.reason).toMatch(/crashed/);
+  }, 300_000);
+
+  it('kills a run that never ends at the wall-clock ceiling', async () => {
+    const looped = await patchAndRun(server, 'train forever', (text) => {
+      const anchor = /^SEED = .*$/m.exec(text)?.[0] as string;
+      return [{ search: anchor, replace: `${anchor}\nwhile True:\n    pass` }];
+    });
+    expect(looped.status).toBe('timed_out');
+    expect(looped.error).toMatch(/ceiling of 75 s/);
+    const decided = await ok(server.client, 'commit_or_revert', { experiment_id: looped.id, action: 'auto' });
+    expect(decided.decision).toBe('discard');
+  }, 300_000);
+
+  it('renders results.tsv, keeps the branch history to the kept commits, and audits every call', async () => {
+    const results = await ok(server.client, 'get_results', { format: 'tsv', limit: 50 });
+    const rows = (results.tsv as string).trim().split('\n');
+    expect(rows[0]).toBe('commit\tval_bpb\tmemory_gb\tstatus\tdescription');
+    expect(rows.slice(1).map((r) => r.split('\t')[3])).toEqual(['keep', 'keep', 'discard', 'crash', 'crash']);
+    expect(results.best.id).toBe(improved.id);
+
+    const history = await new Workspace(workspace).history('autoresearch/e2e');
+    expect(history.map((h) => h.commit)).toEqual([improved.commit, handicapped.commit, expect.any(String)]);
+    expect(history[2].subject).toMatch(/^baseline/);
+    const refs = await new Workspace(workspace).git.raw(['for-each-ref', '--format=%(refname)', 'refs/autoresearch/discarded/']);
+    expect(refs.trim().split('\n')).toHaveLength(3);
+
+    const db = new Database(join(workspace, '.autoresearch', 'state.db'), { readonly: true });
+    const tools = db.prepare("SELECT tool, count(*) AS n FROM audit_log WHERE method = 'tools/call' GROUP BY tool").all() as { tool: string; n: number }[];
+    const counts = Object.fromEntries(tools.map((t) => [t.tool, t.n]));
+    expect(counts.run_experiment).toBe(5);
+    expect(counts.commit_or_revert).toBe(6);
+    const clients = db.prepare("SELECT DISTINCT client_name FROM audit_log WHERE method = 'tools/call'").all() as { client_name: string }[];
+    expect(clients).toEqual([{ client_name: 'loop-e2e' }]);
+    const events = db.prepare("SELECT method FROM audit_log WHERE kind = 'event'").all() as { method: string }[];
+    expect(events.map((e) => e.method)).toContain('ceiling_kill');
+    db.close();
+  });
+});
