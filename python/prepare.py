@@ -123,6 +123,7 @@ DOWNLOAD_TIMEOUT = 60.0
 PROBE_REL_TOL_FP32 = 1e-5        # causality probe: allowed change of past logits, relative to
 PROBE_REL_TOL_BF16 = 1e-4        #   the largest logit (a causal model changes them by exactly 0)
 PROBE_NOISE_FACTOR = 4.0         # ... or this many times the model's own run-to-run difference
+FLOAT_CHUNK_ELEMENTS = 2 ** 27   # float32 work on logits goes this many elements (512 MB) at a time
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -1220,6 +1221,18 @@ def _forward(model, x, vocab_size: int):
     return logits[..., :vocab_size] if shape[2] > vocab_size else logits
 
 
+def _row_chunks(logits):
+    """Row slices of a (B, T, V) tensor, each at most FLOAT_CHUNK_ELEMENTS elements: float32 copies
+    of a whole batch of logits (64 x 2048 x 8192) would take gigabytes."""
+    per_row = logits.shape[1] * logits.shape[2]
+    step = max(1, FLOAT_CHUNK_ELEMENTS // max(per_row, 1))
+    return [slice(i, i + step) for i in range(0, logits.shape[0], step)]
+
+
+def _max_abs_diff(a, b) -> float:
+    return max((a[c].float() - b[c].float()).abs().max().item() for c in _row_chunks(a))
+
+
 def check_causal(model, rows: np.ndarray, vocab_size: int, n_normal: int, device, autocast) -> None:
     """Changes the second half of every row to other tokens; the logits of the first half must not
     move. A model that looks at future tokens would make the metric meaningless.
@@ -1233,14 +1246,12 @@ def check_causal(model, rows: np.ndarray, vocab_size: int, n_normal: int, device
     x_alt = x.clone()
     x_alt[:, half:] = torch.remainder(x[:, half:] + 1, n_normal)   # always a different, ordinary token
     with autocast():
-        a = _forward(model, x, vocab_size)[:, :half].float()
-        again = _forward(model, x, vocab_size)[:, :half].float()
-        b = _forward(model, x_alt, vocab_size)[:, :half].float()
-    scale = 1.0 + a.abs().max().item()
+        a = _forward(model, x, vocab_size)[:, :half]
+        noise = _max_abs_diff(a, _forward(model, x, vocab_size)[:, :half])
+        diff = _max_abs_diff(a, _forward(model, x_alt, vocab_size)[:, :half])
+    scale = 1.0 + a.abs().max().float().item()
     rel = PROBE_REL_TOL_BF16 if device.type == "cuda" else PROBE_REL_TOL_FP32
-    noise = (a - again).abs().max().item()
     tol = max(rel * scale, PROBE_NOISE_FACTOR * noise)
-    diff = (a - b).abs().max().item()
     if not math.isfinite(diff) or diff > tol:
         raise HarnessError(
             f"the model is not causal: changing tokens from position {half} on changed the logits before "
@@ -1250,7 +1261,8 @@ def check_causal(model, rows: np.ndarray, vocab_size: int, n_normal: int, device
 def evaluate_model(model, rows: np.ndarray, token_bytes: np.ndarray, vocab_size: int,
                    batch_size: int, device, autocast) -> dict:
     """The core of the metric, over any model and any rows (n, T + 1): sums of cross-entropy (nats,
-    float32/64) and of target byte lengths, over targets whose byte length is > 0."""
+    computed in float32, summed in float64) and of target byte lengths, over targets whose byte
+    length is > 0. Knows nothing of files, so it can also score a saved model in its own process."""
     import torch
     import torch.nn.functional as F
     lengths = torch.from_numpy(token_bytes.astype(np.int64)).to(device)
@@ -1265,10 +1277,13 @@ def evaluate_model(model, rows: np.ndarray, token_bytes: np.ndarray, vocab_size:
         x, y = _to_device(chunk, device)
         with autocast():
             logits = _forward(model, x, vocab_size)
-        loss = F.cross_entropy(logits[:real].float().reshape(-1, vocab_size), y[:real].reshape(-1), reduction="none")
-        b = lengths[y[:real].reshape(-1)]
-        nats += (loss.double() * (b > 0)).sum()
-        nbytes += b.sum()
+        for c in _row_chunks(logits[:real]):
+            targets = y[:real][c].reshape(-1)
+            loss = F.cross_entropy(logits[:real][c].float().reshape(-1, vocab_size), targets, reduction="none")
+            b = lengths[targets]
+            nats += (loss.double() * (b > 0)).sum()
+            nbytes += b.sum()
+        del logits
     total_nats, total_bytes = nats.item(), int(nbytes.item())
     return {"nats": total_nats, "bytes": total_bytes, "tokens": n * (rows.shape[1] - 1),
             "bpb": total_nats / (math.log(2) * total_bytes) if total_bytes else float("nan")}

@@ -13,7 +13,7 @@ const USAGE = `autoresearch-mcp: an MCP server for autonomous ML research on one
 
 Usage:
   autoresearch-mcp init DIR [--profile cpu|gpu|smoke] [--corpus SRC ...] [--data-dir DIR] [--python PATH]
-  autoresearch-mcp serve --workspace DIR [--http [--host 127.0.0.1] [--port 8765] [--token T]]
+  autoresearch-mcp serve --workspace DIR [--http [--host 127.0.0.1] [--port 8765 (0: any free port)] [--token T]]
                          [--gpus 0,1,...] [--slots N] [--ceiling-seconds S]
   autoresearch-mcp demo [--dir DIR] [--profile cpu|gpu]
   autoresearch-mcp agent --workspace DIR (--plan FILE | --sweep NAME=v1,v2,...) [--url http://HOST:PORT/mcp]
@@ -58,10 +58,10 @@ function requireWorkspace(flags: Flags): string {
   return resolve(flags.workspace);
 }
 
-function positiveInt(value: string | undefined, flag: string): number | undefined {
+function positiveInt(value: string | undefined, flag: string, min = 1): number | undefined {
   if (value === undefined) return undefined;
   const n = Number(value);
-  if (!Number.isInteger(n) || n <= 0) throw new CliError(`--${flag} needs a positive whole number, got "${value}".`);
+  if (!Number.isInteger(n) || n < min) throw new CliError(`--${flag} needs a whole number of at least ${min}, got "${value}".`);
   return n;
 }
 
@@ -136,7 +136,7 @@ async function main(argv: string[]): Promise<number> {
       const lab = await openLab(flags);
       if (flags.http) {
         const { serveHttp } = await import('./transports/http.js');
-        await serveHttp(lab, { host: flags.host ?? '127.0.0.1', port: positiveInt(flags.port, 'port') ?? 8765, token: flags.token ?? process.env.AUTORESEARCH_TOKEN });
+        await serveHttp(lab, { host: flags.host ?? '127.0.0.1', port: positiveInt(flags.port, 'port', 0) ?? 8765, token: flags.token ?? process.env.AUTORESEARCH_TOKEN });
       } else {
         const { serveStdio } = await import('./transports/stdio.js');
         await serveStdio(lab);

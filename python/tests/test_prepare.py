@@ -342,6 +342,7 @@ def test_uniform_model_scores_log2_vocab_times_tokens_per_byte(smoke_dir, tmp_pa
     V, T = prep.VOCAB_SIZE, prep.MAX_SEQ_LEN
     model = Uniform(V)
     model.train()
+    prep.FLOAT_CHUNK_ELEMENTS = 3 * T * V                       # float32 work in chunks of 3 rows
     bpb = prep.evaluate_bpb(model, 7)                           # 7 does not divide the row count
     assert model.training                                       # mode restored
 

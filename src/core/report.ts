@@ -576,9 +576,11 @@ code, .mono { font-family: var(--mono); font-size: 12.5px; }
 .card .label { color: var(--muted); font-size: 12px; text-transform: uppercase; letter-spacing: 0.05em; font-weight: 560; }
 .card .value { font-size: 22px; font-weight: 640; margin-top: 2px; font-variant-numeric: tabular-nums; letter-spacing: -0.01em; }
 .card .sub { color: var(--muted); font-size: 12.5px; margin-top: 2px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+.card .sub.wrap { white-space: normal; }
 .card .value.good { color: var(--keep); }
 section.panel { background: var(--card); border: 1px solid var(--line); border-radius: 10px; padding: 18px 20px; margin-bottom: 18px; }
-.chart svg { display: block; width: 100%; height: auto; }
+.chart { overflow-x: auto; }
+.chart svg { display: block; width: 100%; min-width: 720px; height: auto; }
 .chart .point { cursor: pointer; }
 .chart .point:hover circle, .chart .point:hover path { stroke: #111827; stroke-width: 1.5; }
 .table-wrap { overflow-x: auto; }
@@ -634,13 +636,18 @@ button.small:hover { background: #f3f4f6; }
 .bar { display: inline-block; height: 8px; border-radius: 4px; background: #93c5fd; vertical-align: middle; }
 .bar.err { background: #fca5a5; margin-left: 2px; }
 td.bars { width: 28%; min-width: 90px; white-space: nowrap; }
+td.hash code { word-break: break-all; }
+td.state { white-space: nowrap; }
+p.state-line { margin: 0 0 10px; }
+.grid2 > div { min-width: 0; }
 .ok-text { color: var(--keep); font-weight: 560; }
 .bad-text { color: var(--crash); font-weight: 560; }
 ol.history { margin: 0; padding-left: 0; list-style: none; }
 ol.history li { padding: 3px 0; }
 ol.history code { color: var(--muted); margin-right: 8px; }
 footer { color: var(--faint); font-size: 12px; text-align: center; margin-top: 24px; }
-@media (max-width: 640px) { main { padding: 16px 12px 40px; } .card .value { font-size: 19px; } }
+@media (max-width: 1060px) { table.experiments .minor { display: none; } }
+@media (max-width: 640px) { main { padding: 16px 12px 40px; } .card .value { font-size: 19px; } section.panel { padding: 14px 12px; } }
 @media print { body { background: #fff; } section.panel, .card { break-inside: avoid; } .toolbar { display: none; } }
 `;
 
@@ -724,8 +731,8 @@ function renderDiff(diff: string): string {
   return `<pre class="diff">${shown.join('')}</pre>${more}`;
 }
 
-function card(label: string, value: string, sub: string, valueClass = ''): string {
-  return `<div class="card"><div class="label">${escapeHtml(label)}</div><div class="value${valueClass ? ` ${valueClass}` : ''}">${value}</div><div class="sub" title="${escapeHtml(sub)}">${escapeHtml(sub)}</div></div>`;
+function card(label: string, value: string, sub: string, valueClass = '', wrap = false): string {
+  return `<div class="card"><div class="label">${escapeHtml(label)}</div><div class="value${valueClass ? ` ${valueClass}` : ''}">${value}</div><div class="sub${wrap ? ' wrap' : ''}" title="${escapeHtml(sub)}">${escapeHtml(sub)}</div></div>`;
 }
 
 function td(content: string, options: { cls?: string; sort?: string | number | null } = {}): string {
@@ -733,8 +740,8 @@ function td(content: string, options: { cls?: string; sort?: string | number | n
   return `<td${options.cls ? ` class="${options.cls}"` : ''}${sort}>${content}</td>`;
 }
 
-function numCell(value: number | null | undefined, digits: number): string {
-  return td(isNum(value) ? value.toFixed(digits) : '<span class="dim">—</span>', { cls: 'num', sort: isNum(value) ? value : null });
+function numCell(value: number | null | undefined, digits: number, extraClass = ''): string {
+  return td(isNum(value) ? value.toFixed(digits) : '<span class="dim">—</span>', { cls: `num${extraClass ? ` ${extraClass}` : ''}`, sort: isNum(value) ? value : null });
 }
 
 /** Last non-empty line of an error: for a traceback, the exception itself. */
@@ -749,13 +756,13 @@ function experimentTable(experiments: Experiment[], keptWithDiff: Set<number>): 
     ['status', 'status', 'text', '', 'decision, or how the run ended'],
     ['valBpb', 'val_bpb', 'number', 'num', 'validation bits per byte (lower is better)'],
     ['delta', 'Δ best', 'number', 'num', 'val_bpb minus the best kept result before it: negative is an improvement'],
-    ['memory', 'memory GB', 'number', 'num', 'peak VRAM'],
-    ['steps', 'steps', 'number', 'num', 'optimizer steps in the budget'],
-    ['params', 'params M', 'number', 'num', 'parameters, millions'],
-    ['mfu', 'MFU %', 'number', 'num', 'model FLOPs utilisation'],
-    ['finished', 'finished', 'number', '', 'finish time, UTC'],
+    ['memory', 'memory GB', 'number', 'num minor', 'peak VRAM'],
+    ['steps', 'steps', 'number', 'num minor', 'optimizer steps in the budget'],
+    ['params', 'params M', 'number', 'num minor', 'parameters, millions'],
+    ['mfu', 'MFU %', 'number', 'num minor', 'model FLOPs utilisation'],
+    ['finished', 'finished', 'number', 'minor', 'finish time, UTC'],
     ['description', 'description', 'text', '', 'what the experiment changed; the decision reason or error below'],
-    ['commit', 'commit', 'text', '', 'candidate commit'],
+    ['commit', 'commit', 'text', 'minor', 'candidate commit'],
   ];
   const head = columns
     .map(
@@ -788,13 +795,13 @@ function experimentTable(experiments: Experiment[], keptWithDiff: Set<number>): 
         td(`<span class="pill ${p.cls}">${escapeHtml(p.text)}</span>`, { sort: p.text }),
         numCell(metric, 6),
         deltaCell,
-        numCell(memoryGb, 1),
-        numCell(e.numSteps, 0),
-        numCell(e.numParamsM, 1),
-        numCell(e.mfuPercent, 1),
-        td(escapeHtml(utc(e.finishedAt).slice(5)), { cls: 'when', sort: isNum(e.finishedAt) ? e.finishedAt : null }),
+        numCell(memoryGb, 1, 'minor'),
+        numCell(e.numSteps, 0, 'minor'),
+        numCell(e.numParamsM, 1, 'minor'),
+        numCell(e.mfuPercent, 1, 'minor'),
+        td(escapeHtml(utc(e.finishedAt).slice(5)), { cls: 'when minor', sort: isNum(e.finishedAt) ? e.finishedAt : null }),
         td(`<div class="what">${escapeHtml(oneLine(e.description ?? ''))}${link}</div>${notes.join('')}`, { cls: 'desc', sort: oneLine(e.description ?? '') }),
-        td(`<code>${escapeHtml(short(e.candidateCommit))}</code>`, { sort: e.candidateCommit ?? null }),
+        td(`<code>${escapeHtml(short(e.candidateCommit))}</code>`, { cls: 'minor', sort: e.candidateCommit ?? null }),
         '</tr>',
       ].join('');
     });
@@ -850,7 +857,7 @@ function auditSection(audit: AuditView | null): string {
   const clientRows = summary.clients
     .map((c) => {
       const name = c.clientName ? `${c.clientName}${c.clientVersion ? ` ${c.clientVersion}` : ''}` : '(no client name)';
-      return `<tr><td>${escapeHtml(name)}</td>${td(String(c.sessions), { cls: 'num', sort: c.sessions })}${td(String(c.calls ?? 0), { cls: 'num', sort: c.calls ?? 0 })}${errorCell(c.errors)}${td(escapeHtml(isoShort(c.lastSeen)), { cls: 'mono', sort: c.lastSeen })}</tr>`;
+      return `<tr><td>${escapeHtml(name)}</td>${td(String(c.sessions), { cls: 'num', sort: c.sessions })}${td(String(c.calls ?? 0), { cls: 'num', sort: c.calls ?? 0 })}${errorCell(c.errors)}${td(escapeHtml(isoShort(c.lastSeen)), { cls: 'when', sort: c.lastSeen })}</tr>`;
     })
     .join('');
   const events = summary.events.length
@@ -860,9 +867,9 @@ function auditSection(audit: AuditView | null): string {
   return `<p class="note" style="padding:0 0 12px">${summary.rows} rows, ${totalCalls} tool calls, <span class="${summary.errors ? 'bad-text' : ''}">${summary.errors} error${summary.errors === 1 ? '' : 's'}</span>${span}</p>
 <div class="grid2">
 <div><h3 class="sub-h">Calls per tool</h3>
-${tools.length ? `<table class="sortable audit-tools"><thead><tr><th class="sortable" data-type="text" scope="col">tool</th><th class="sortable num" data-type="number" scope="col">calls</th><th class="sortable num" data-type="number" scope="col">errors</th><th class="sortable num" data-type="number" scope="col">avg ms</th><th scope="col"></th></tr></thead><tbody>${toolRows}</tbody></table>` : '<p class="note">No tool calls recorded.</p>'}</div>
+${tools.length ? `<div class="table-wrap"><table class="sortable audit-tools"><thead><tr><th class="sortable" data-type="text" scope="col">tool</th><th class="sortable num" data-type="number" scope="col">calls</th><th class="sortable num" data-type="number" scope="col">errors</th><th class="sortable num" data-type="number" scope="col">avg ms</th><th scope="col"></th></tr></thead><tbody>${toolRows}</tbody></table></div>` : '<p class="note">No tool calls recorded.</p>'}</div>
 <div><h3 class="sub-h">Sessions per client</h3>
-${clientRows ? `<table class="sortable audit-clients"><thead><tr><th class="sortable" data-type="text" scope="col">client</th><th class="sortable num" data-type="number" scope="col">sessions</th><th class="sortable num" data-type="number" scope="col">calls</th><th class="sortable num" data-type="number" scope="col">errors</th><th class="sortable" data-type="text" scope="col">last seen (UTC)</th></tr></thead><tbody>${clientRows}</tbody></table>` : '<p class="note">No client sessions recorded.</p>'}
+${clientRows ? `<div class="table-wrap"><table class="sortable audit-clients"><thead><tr><th class="sortable" data-type="text" scope="col">client</th><th class="sortable num" data-type="number" scope="col">sessions</th><th class="sortable num" data-type="number" scope="col">calls</th><th class="sortable num" data-type="number" scope="col">errors</th><th class="sortable" data-type="text" scope="col">last seen (UTC)</th></tr></thead><tbody>${clientRows}</tbody></table></div>` : '<p class="note">No client sessions recorded.</p>'}
 ${events}</div>
 </div>`;
 }
@@ -877,7 +884,7 @@ function integritySection(integrity: IntegrityView, audit: AuditView | null): st
     .sort(([a], [b]) => a.localeCompare(b))
     .map(
       ([name, hash]) =>
-        `<tr><td><code>${escapeHtml(name)}</code></td><td><code title="${escapeHtml(hash)}">${escapeHtml(hash.slice(0, 16))}…</code></td><td>${
+        `<tr><td><code>${escapeHtml(name)}</code></td><td class="hash"><code>${escapeHtml(hash)}</code></td><td class="state">${
           drift.has(name) ? '<span class="bad-text">✗ changed or missing</span>' : '<span class="ok-text">✓ matches</span>'
         }</td></tr>`,
     )
@@ -888,13 +895,14 @@ function integritySection(integrity: IntegrityView, audit: AuditView | null): st
       ? `<span class="ok-text">✓ intact</span> <span class="dim">· ${audit.chain.rows} rows re-hashed · head #${audit.chain.headSeq} <code title="${escapeHtml(audit.chain.headHash)}">${escapeHtml(audit.chain.headHash.slice(0, 16))}…</code></span>`
       : `<span class="bad-text">✗ broken at row ${escapeHtml(audit.chain.firstBadSeq ?? '?')}</span>${audit.chain.reason ? `: ${escapeHtml(audit.chain.reason)}` : ''}`
     : '<span class="dim">not available</span>';
-  return `<div class="grid2">
-<div><h3 class="sub-h">Pinned harness hashes <span class="dim">· SHA-256, pinned at init, re-checked before and after every run</span></h3>
-${rows ? `<table class="pins"><thead><tr><th scope="col">file</th><th scope="col">sha256</th><th scope="col">now</th></tr></thead><tbody>${rows}</tbody></table>` : '<p class="note">No pinned hashes.</p>'}
-${unknownDrift.length ? `<p class="note bad-text">Also drifting: ${escapeHtml(unknownDrift.join(', '))}</p>` : ''}</div>
-<div><h3 class="sub-h">Audit chain</h3><p>${chain}</p>
-<p class="note" style="padding:0">Every request and response is appended to a hash-chained log; verifying re-computes each row's hash from its content and the previous row's hash.</p></div>
-</div>`;
+  const harness = integrity.harnessIntact
+    ? '<span class="ok-text">✓ intact</span> <span class="dim">· every pinned file hashes as pinned right now</span>'
+    : `<span class="bad-text">✗ changed: ${escapeHtml(integrity.harnessDrift.join(', '))}</span> <span class="dim">· runs are rejected until the files are restored</span>`;
+  return `<h3 class="sub-h">Harness</h3><p class="state-line">${harness}</p>
+${rows ? `<div class="table-wrap"><table class="pins"><thead><tr><th scope="col">file</th><th scope="col">pinned SHA-256 (checked before and after every run)</th><th scope="col">now</th></tr></thead><tbody>${rows}</tbody></table></div>` : '<p class="note">No pinned hashes.</p>'}
+${unknownDrift.length ? `<p class="note bad-text">Also drifting: ${escapeHtml(unknownDrift.join(', '))}</p>` : ''}
+<h3 class="sub-h" style="margin-top:18px">Audit chain</h3><p class="state-line">${chain}</p>
+<p class="note" style="padding:0">Every request and response is appended to a hash-chained log; verifying re-computes each row's hash from its content and the previous row's hash, so an edited, removed or reordered row shows up here.</p>`;
 }
 
 /** One self-contained HTML page: header, chart, sortable table, kept diffs, audit, integrity. */
@@ -935,6 +943,8 @@ export function renderReportHtml(data: ReportData): string {
       [`${counts.keep} kept`, `${counts.discard} discarded`, counts.pending ? `${counts.pending} undecided` : '', `${counts.crash} crashed`, active ? `${active} queued/running` : '']
         .filter(Boolean)
         .join(' · '),
+      '',
+      true,
     ),
   ].join('');
 
@@ -976,7 +986,7 @@ h3.sub-h .dim { font-weight: 450; }
 </header>
 <div class="cards">${cards}</div>
 <section class="panel chart" aria-label="progress chart">
-${progressChartSvg(experiments, { title: 'val_bpb by experiment' })}
+${progressChartSvg(experiments, { width: 1040, height: 500 })}
 </section>
 <section class="panel">
 <h2>Experiments <span class="count">${experiments.length} · click a column to sort, a point in the chart to find its row</span></h2>

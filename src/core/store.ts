@@ -220,8 +220,9 @@ const MIGRATIONS: readonly string[] = [
   ) STRICT;
   CREATE INDEX experiments_by_status ON experiments (status, id);
   CREATE INDEX experiments_by_session ON experiments (session_tag, id);
-  -- matches ORDER BY val_bpb IS NULL, val_bpb, id (best first, NULLs last)
+  -- serve ORDER BY val_bpb IS NULL, val_bpb, id (best first, NULLs last), overall and per status
   CREATE INDEX experiments_by_val_bpb ON experiments (val_bpb IS NULL, val_bpb, id);
+  CREATE INDEX experiments_by_status_val_bpb ON experiments (status, val_bpb IS NULL, val_bpb, id);
   ${AUDIT_LOG_SCHEMA}
   `,
 ];
@@ -281,6 +282,8 @@ const UNFINISHED = "('queued', 'running')";
 
 export class Store {
   readonly audit: AuditLog;
+  /** Compiling a statement costs more than running most of ours; the SQL texts are few and fixed. */
+  private readonly statements = new Map<string, Database.Statement>();
 
   private constructor(
     private readonly db: Database.Database,
@@ -320,12 +323,12 @@ export class Store {
   setMeta(key: string, value: unknown): void {
     const json = JSON.stringify(value);
     if (json === undefined) throw new StoreError('invalid_argument', `meta "${key}" must be a JSON value`);
-    this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value').run(key, json);
+    this.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value').run(key, json);
   }
 
   /** The value stored under a key, typed by the caller; undefined when absent. */
   getMeta<T = unknown>(key: string): T | undefined {
-    const row = this.db.prepare<[string], { value: string }>('SELECT value FROM meta WHERE key = ?').get(key);
+    const row = this.prepare<[string], { value: string }>('SELECT value FROM meta WHERE key = ?').get(key);
     return row === undefined ? undefined : (JSON.parse(row.value) as T);
   }
 
@@ -341,12 +344,12 @@ export class Store {
     const pinnedAt = options.pinnedAt ?? Date.now();
     this.db
       .transaction(() => {
-        const existing = this.db.prepare<[], { n: number }>('SELECT COUNT(*) AS n FROM pins').get()!.n;
+        const existing = this.prepare<[], { n: number }>('SELECT COUNT(*) AS n FROM pins').get()!.n;
         if (existing > 0 && !options.replace) {
           throw new StoreError('pins_already_set', 'harness hashes are already pinned; pass replace: true to re-pin deliberately');
         }
-        this.db.prepare('DELETE FROM pins').run();
-        const insert = this.db.prepare('INSERT INTO pins (name, sha256, bytes, pinned_at) VALUES (?, ?, ?, ?)');
+        this.prepare('DELETE FROM pins').run();
+        const insert = this.prepare('INSERT INTO pins (name, sha256, bytes, pinned_at) VALUES (?, ?, ?, ?)');
         for (const name of names) insert.run(name, pins[name].toLowerCase(), options.bytes?.[name] ?? null, pinnedAt);
       })
       .immediate();
@@ -358,8 +361,7 @@ export class Store {
   }
 
   listPins(): PinnedFile[] {
-    return this.db
-      .prepare<[], PinnedFile>('SELECT name, sha256, bytes, pinned_at AS pinnedAt FROM pins ORDER BY name')
+    return this.prepare<[], PinnedFile>('SELECT name, sha256, bytes, pinned_at AS pinnedAt FROM pins ORDER BY name')
       .all();
   }
 
@@ -367,8 +369,7 @@ export class Store {
 
   createSession(session: NewSession): Session {
     try {
-      this.db
-        .prepare(
+      this.prepare(
           `INSERT INTO sessions (tag, branch, base_commit, created_at, mcp_session_id, client_name, client_version)
            VALUES (?, ?, ?, ?, ?, ?, ?)`,
         )
@@ -389,13 +390,13 @@ export class Store {
   }
 
   getSession(tag: string): Session | undefined {
-    const record = this.db.prepare<[string], SessionRecord>('SELECT * FROM sessions WHERE tag = ?').get(tag);
+    const record = this.prepare<[string], SessionRecord>('SELECT * FROM sessions WHERE tag = ?').get(tag);
     return record && toSession(record);
   }
 
   /** Oldest first. */
   listSessions(): Session[] {
-    return this.db.prepare<[], SessionRecord>('SELECT * FROM sessions ORDER BY created_at, rowid').all().map(toSession);
+    return this.prepare<[], SessionRecord>('SELECT * FROM sessions ORDER BY created_at, rowid').all().map(toSession);
   }
 
   // ---- experiments: lifecycle ----------------------------------------------------------------
@@ -406,8 +407,7 @@ export class Store {
     let id: number;
     try {
       id = Number(
-        this.db
-          .prepare(
+        this.prepare(
             `INSERT INTO experiments (session_tag, description, status, parent_commit, candidate_commit, rebase_of,
                                       error, queued_at, finished_at, duration_ms, mcp_session_id, client_name)
              VALUES (@sessionTag, @description, @status, @parentCommit, @candidateCommit, @rebaseOf,
@@ -443,8 +443,7 @@ export class Store {
 
   /** Records the commit and run files of a queued experiment (known only once its id exists). */
   setCandidate(id: number, candidate: { candidateCommit?: string; logPath?: string; resultPath?: string }): Experiment {
-    const changed = this.db
-      .prepare(
+    const changed = this.prepare(
         `UPDATE experiments
          SET candidate_commit = COALESCE(@candidateCommit, candidate_commit),
              log_path = COALESCE(@logPath, log_path),
@@ -461,8 +460,7 @@ export class Store {
    * process exists, keeping the first started_at.
    */
   markRunning(id: number, run: { slot: number; pid?: number | null; startedAt?: number }): Experiment {
-    const changed = this.db
-      .prepare(
+    const changed = this.prepare(
         `UPDATE experiments
          SET status = 'running', slot = @slot, pid = COALESCE(@pid, pid), started_at = COALESCE(started_at, @startedAt)
          WHERE id = @id AND status IN ${UNFINISHED}`,
@@ -475,7 +473,7 @@ export class Store {
   /** Latest progress of a running experiment; false when it is no longer running (a late line). */
   updateProgress(id: number, progress: ExperimentProgress): boolean {
     return (
-      this.db.prepare(`UPDATE experiments SET progress = ? WHERE id = ? AND status = 'running'`).run(JSON.stringify(progress), id).changes > 0
+      this.prepare(`UPDATE experiments SET progress = ? WHERE id = ? AND status = 'running'`).run(JSON.stringify(progress), id).changes > 0
     );
   }
 
@@ -488,8 +486,7 @@ export class Store {
     if (run.status === 'succeeded' && valBpb === null) {
       throw new StoreError('invalid_argument', `experiment ${id} cannot succeed without a finite val_bpb`);
     }
-    const changed = this.db
-      .prepare(
+    const changed = this.prepare(
         `UPDATE experiments
          SET status = @status, finished_at = @finishedAt,
              duration_ms = CASE WHEN started_at IS NULL THEN NULL ELSE @finishedAt - started_at END,
@@ -530,8 +527,7 @@ export class Store {
    * needs a success; discard needs any finished experiment.
    */
   setDecision(id: number, decision: Decision, reason: string, decidedAt: number = Date.now()): Experiment {
-    const changed = this.db
-      .prepare(
+    const changed = this.prepare(
         `UPDATE experiments SET decision = @decision, decision_reason = @reason, decided_at = @decidedAt
          WHERE id = @id AND decision IS NULL AND status NOT IN ${UNFINISHED}
            AND (@decision = 'discard' OR status = 'succeeded')`,
@@ -555,7 +551,7 @@ export class Store {
     return this.db
       .transaction(() => {
         const running = this.listExperiments({ status: 'running', order: 'id', ascending: true });
-        const crash = this.db.prepare(
+        const crash = this.prepare(
           `UPDATE experiments
            SET status = 'crashed', error = @error, finished_at = @now,
                duration_ms = CASE WHEN started_at IS NULL THEN NULL ELSE @now - started_at END
@@ -581,7 +577,7 @@ export class Store {
   // ---- experiments: queries ------------------------------------------------------------------
 
   getExperiment(id: number): Experiment | undefined {
-    const record = this.db.prepare<[number], ExperimentRecord>('SELECT * FROM experiments WHERE id = ?').get(id);
+    const record = this.prepare<[number], ExperimentRecord>('SELECT * FROM experiments WHERE id = ?').get(id);
     return record && toExperiment(record);
   }
 
@@ -600,8 +596,7 @@ export class Store {
     const where = conditions.length > 0 ? `WHERE ${conditions.join(' AND ')}` : '';
     const order = query.order === 'best' ? 'val_bpb IS NULL, val_bpb, id' : query.ascending ? 'id ASC' : 'id DESC';
     params.push(query.limit ?? -1, query.offset ?? 0);
-    return this.db
-      .prepare<SqlValue[], ExperimentRecord>(`SELECT * FROM experiments ${where} ORDER BY ${order} LIMIT ? OFFSET ?`)
+    return this.prepare<SqlValue[], ExperimentRecord>(`SELECT * FROM experiments ${where} ORDER BY ${order} LIMIT ? OFFSET ?`)
       .all(...params)
       .map(toExperiment);
   }
@@ -611,8 +606,7 @@ export class Store {
    * prepared (its commit needs its id) and is skipped until the commit is recorded.
    */
   nextQueued(): Experiment | undefined {
-    const record = this.db
-      .prepare<[], ExperimentRecord>(
+    const record = this.prepare<[], ExperimentRecord>(
         `SELECT * FROM experiments WHERE status = 'queued' AND candidate_commit IS NOT NULL ORDER BY id LIMIT 1`,
       )
       .get();
@@ -638,9 +632,8 @@ export class Store {
     const counts = Object.fromEntries(EXPERIMENT_STATUSES.map((status) => [status, 0])) as Record<ExperimentStatus, number>;
     const rows =
       session === undefined
-        ? this.db.prepare<[], { status: ExperimentStatus; n: number }>('SELECT status, COUNT(*) AS n FROM experiments GROUP BY status').all()
-        : this.db
-            .prepare<[string], { status: ExperimentStatus; n: number }>(
+        ? this.prepare<[], { status: ExperimentStatus; n: number }>('SELECT status, COUNT(*) AS n FROM experiments GROUP BY status').all()
+        : this.prepare<[string], { status: ExperimentStatus; n: number }>(
               'SELECT status, COUNT(*) AS n FROM experiments WHERE session_tag = ? GROUP BY status',
             )
             .all(session);
@@ -650,12 +643,20 @@ export class Store {
 
   private lowestValBpb(condition: string, session: string | undefined): Experiment | undefined {
     const sessionCondition = session === undefined ? '' : 'AND session_tag = ?';
-    const record = this.db
-      .prepare<string[], ExperimentRecord>(
-        `SELECT * FROM experiments WHERE ${condition} AND val_bpb IS NOT NULL ${sessionCondition} ORDER BY val_bpb, id LIMIT 1`,
+    const record = this.prepare<string[], ExperimentRecord>(
+        `SELECT * FROM experiments WHERE ${condition} AND val_bpb IS NOT NULL ${sessionCondition} ORDER BY val_bpb IS NULL, val_bpb, id LIMIT 1`,
       )
       .get(...(session === undefined ? [] : [session]));
     return record && toExperiment(record);
+  }
+
+  private prepare<Params extends unknown[] | {} = unknown[], Result = unknown>(source: string): Database.Statement<Params, Result> {
+    let statement = this.statements.get(source);
+    if (!statement) {
+      statement = this.db.prepare(source);
+      this.statements.set(source, statement);
+    }
+    return statement as unknown as Database.Statement<Params, Result>;
   }
 
   /** Why a conditional update touched nothing: no such experiment, or not in an allowed status. */

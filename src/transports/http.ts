@@ -56,11 +56,13 @@ function sendJsonError(res: ServerResponse, status: number, code: number, messag
 async function readJsonBody(req: IncomingMessage): Promise<{ body?: unknown; error?: [number, string] }> {
   const chunks: Buffer[] = [];
   let size = 0;
+  // Past the limit we keep reading but drop the bytes: answering before the client has sent
+  // everything would reset the connection instead of delivering the 413.
   for await (const chunk of req) {
     size += (chunk as Buffer).length;
-    if (size > MAX_BODY_BYTES) return { error: [413, `Request body over ${MAX_BODY_BYTES} bytes`] };
-    chunks.push(chunk as Buffer);
+    if (size <= MAX_BODY_BYTES) chunks.push(chunk as Buffer);
   }
+  if (size > MAX_BODY_BYTES) return { error: [413, `Request body over ${MAX_BODY_BYTES} bytes: send smaller requests`] };
   try {
     return { body: JSON.parse(Buffer.concat(chunks).toString('utf8')) };
   } catch {
