@@ -3,6 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { UsageError } from './core/errors.js';
 import { createWorkspace, PROFILES, type Profile } from './core/init.js';
 import { Lab } from './core/lab.js';
 import { findPython } from './core/python.js';
@@ -51,17 +52,16 @@ const OPTIONS = {
 
 type Flags = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
 
-class CliError extends Error {}
 
 function requireWorkspace(flags: Flags): string {
-  if (!flags.workspace) throw new CliError('Name the workspace with --workspace DIR (create one with: autoresearch-mcp init DIR).');
+  if (!flags.workspace) throw new UsageError('Name the workspace with --workspace DIR (create one with: autoresearch-mcp init DIR).');
   return resolve(flags.workspace);
 }
 
 function positiveInt(value: string | undefined, flag: string, min = 1): number | undefined {
   if (value === undefined) return undefined;
   const n = Number(value);
-  if (!Number.isInteger(n) || n < min) throw new CliError(`--${flag} needs a whole number of at least ${min}, got "${value}".`);
+  if (!Number.isInteger(n) || n < min) throw new UsageError(`--${flag} needs a whole number of at least ${min}, got "${value}".`);
   return n;
 }
 
@@ -69,7 +69,7 @@ function positiveInt(value: string | undefined, flag: string, min = 1): number |
 export function resolveSlots(flags: { gpus?: string; slots?: string }): Slot[] {
   if (flags.gpus) {
     const ids = flags.gpus.split(',').map((s) => s.trim());
-    if (ids.some((id) => !/^\d+$/.test(id))) throw new CliError(`--gpus takes GPU indices like 0,1,2; got "${flags.gpus}".`);
+    if (ids.some((id) => !/^\d+$/.test(id))) throw new UsageError(`--gpus takes GPU indices like 0,1,2; got "${flags.gpus}".`);
     return ids.map((id, index) => ({ index, cudaDevices: id }));
   }
   const cpuSlots = positiveInt(flags.slots, 'slots');
@@ -103,7 +103,7 @@ async function defaultProfile(python?: string): Promise<Profile> {
 
 function parseProfile(value: string | undefined): Profile | undefined {
   if (value === undefined) return undefined;
-  if (!(PROFILES as readonly string[]).includes(value)) throw new CliError(`Unknown profile "${value}": use one of ${PROFILES.join(', ')}.`);
+  if (!(PROFILES as readonly string[]).includes(value)) throw new UsageError(`Unknown profile "${value}": use one of ${PROFILES.join(', ')}.`);
   return value as Profile;
 }
 
@@ -117,7 +117,7 @@ async function main(argv: string[]): Promise<number> {
   switch (command) {
     case 'init': {
       const dir = rest[0];
-      if (!dir) throw new CliError('Name the folder for the new workspace: autoresearch-mcp init DIR');
+      if (!dir) throw new UsageError('Name the folder for the new workspace: autoresearch-mcp init DIR');
       const profile = parseProfile(flags.profile) ?? (await defaultProfile(flags.python));
       const meta = await createWorkspace(dir, {
         profile,
@@ -184,7 +184,7 @@ async function main(argv: string[]): Promise<number> {
       return runAgentCommand({ workspace: flags.workspace, plan: flags.plan, sweep: flags.sweep, url: flags.url, token: flags.token });
     }
     default:
-      throw new CliError(`Unknown command "${command}".\n${USAGE}`);
+      throw new UsageError(`Unknown command "${command}".\n${USAGE}`);
   }
 }
 
@@ -205,16 +205,16 @@ async function auditCommand(flags: Flags, action: string): Promise<number> {
     const out = flags.out ? createWriteStream(resolve(flags.out)) : process.stdout;
     if (action === 'export') {
       const format = flags.format ?? 'jsonl';
-      if (format === 'csv') out.write(audit.exportCsv(filter));
-      else if (format === 'jsonl') out.write(audit.exportJsonl(filter));
-      else throw new CliError(`Unknown export format "${format}": use jsonl or csv.`);
+      if (format === 'csv') await audit.exportCsv(filter, out);
+      else if (format === 'jsonl') await audit.exportJsonl(filter, out);
+      else throw new UsageError(`Unknown export format "${format}": use jsonl or csv.`);
     } else if (action === 'list') {
       for (const row of audit.list({ ...filter, limit: filter.limit ?? 50 })) {
         const what = row.tool ? `${row.method} ${row.tool}` : row.method;
         out.write(`${row.seq}\t${new Date(row.ts).toISOString()}\t${row.transport}\t${row.clientName ?? '-'}\t${what}\t${row.isError ? 'ERROR' : 'ok'}\t${row.durationMs ?? ''}ms\n`);
       }
     } else {
-      throw new CliError(`Unknown audit action "${action}": use list, verify or export.`);
+      throw new UsageError(`Unknown audit action "${action}": use list, verify or export.`);
     }
     if (out !== process.stdout) out.end();
     return 0;
@@ -230,7 +230,7 @@ main(process.argv.slice(2)).then(
   (error: unknown) => {
     const message = error instanceof Error ? error.message : String(error);
     process.stderr.write(`autoresearch-mcp: ${message}\n`);
-    process.exitCode = error instanceof CliError || (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') ? 2 : 1;
+    process.exitCode = error instanceof UsageError || (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') ? 2 : 1;
   },
 );
 

@@ -324,7 +324,7 @@ describe('HTML report in a real browser', () => {
       executablePath: CHROMIUM,
       args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
     });
-  }, 120_000);
+  }, 240_000);
 
   afterAll(async () => {
     await browser?.close();
@@ -392,6 +392,24 @@ describe('HTML report in a real browser', () => {
     await page.close();
   });
 
+  it('renders a standalone chart that parses as XML even with control characters in descriptions', async () => {
+    const nasty = ['bell \u0007 and NUL \u0000', 'lone surrogate \uD800 here', ']]> <![CDATA[ & </svg>'];
+    const svg = progressChartSvg([
+      exp(1, { description: nasty[0], valBpb: 1.0, decision: 'keep' }),
+      exp(2, { description: nasty[1], valBpb: 0.99, decision: 'keep' }),
+      exp(3, { description: nasty[2], status: 'crashed', valBpb: null, error: 'bad \u0001 error' }),
+    ]);
+    await mkdir(OUTPUT, { recursive: true });
+    const file = join(OUTPUT, 'chart.svg');
+    await writeFile(file, svg);
+    const page = await browser.newPage({ viewport: { width: 960, height: 480 } });
+    await page.goto(pathToFileURL(file).href);
+    expect(await page.locator('parsererror').count()).toBe(0);
+    expect(await page.locator('.point').count()).toBe(3);
+    expect(await page.locator('.label').count()).toBe(2);
+    await page.close();
+  });
+
   it('renders plain ReportData with running work and a broken chain, and an empty report', async () => {
     const data = await (async () => {
       const lab = await Lab.open({ workspace: workspace.dir, log: () => undefined });
@@ -403,6 +421,8 @@ describe('HTML report in a real browser', () => {
     })();
     const html = renderReportHtml({
       ...data,
+      workspace: '/tmp/<img src=x onerror=alert(1)>',
+      branch: 'autoresearch/"><script>alert(2)</script>',
       experiments: [...data.experiments, exp(99, { status: 'running', valBpb: null, candidateCommit: null })],
       audit: data.audit && { ...data.audit, chain: { ok: false, rows: 41, firstBadSeq: 42, reason: 'hash does not match the row contents: the row was edited' } },
       integrity: { ...data.integrity, harnessIntact: false, harnessDrift: ['val.bin'] },
@@ -410,6 +430,8 @@ describe('HTML report in a real browser', () => {
     expect(html).toContain('✗ audit chain broken');
     expect(html).toContain('✗ harness changed');
     expect(html).toContain('broken at row 42');
+    expect(html).not.toMatch(/<img src=x|<script>alert/);
+    expect(html).toContain('/tmp/&lt;img src=x onerror=alert(1)&gt;');
     // the first Lab's close() cancelled the queued experiment, so it is finished now
     expect(data.experiments.find((e) => e.id === STEPS.length)?.status).toBe('cancelled');
     expect(pointCount(html)).toBe(workspace.finished + 1);

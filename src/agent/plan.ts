@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { isMap, LineCounter, parseDocument, type Node } from 'yaml';
 import { z } from 'zod';
+import { UsageError } from '../core/errors.js';
 import { ResearchClient, ToolError, type Progress } from './client.js';
 import { ProgressBar } from './terminal.js';
 
@@ -42,7 +43,7 @@ export interface Plan {
 }
 
 /** A plan problem, with the line of the plan file it is about. */
-export class PlanError extends Error {}
+export class PlanError extends UsageError {}
 
 const CONSTANT_LINE = /^([A-Z][A-Z0-9_]*)\s*=\s*(.+?)\s*(#.*)?$/;
 

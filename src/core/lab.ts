@@ -345,7 +345,7 @@ export class Lab extends EventEmitter {
       );
       const summary = outcome.summary;
       const record = outcome.record;
-      this.store.markFinished(id, {
+      this.recordOutcome(id, {
         status: outcome.status,
         error: outcome.error,
         exitCode: outcome.exitCode,
@@ -376,6 +376,19 @@ export class Lab extends EventEmitter {
       }
     } finally {
       await this.workspace.removeWorktree(id).catch(() => undefined);
+    }
+  }
+
+  /** Stores a run's outcome; if the store refuses it, the run is still closed as crashed, never left running. */
+  private recordOutcome(id: number, finished: Parameters<Store['markFinished']>[1]): void {
+    try {
+      this.store.markFinished(id, finished);
+    } catch (error) {
+      this.store.markFinished(id, {
+        status: 'crashed',
+        error: `the run's outcome could not be recorded (${(error as Error).message})`,
+        finishedAt: finished.finishedAt ?? Date.now(),
+      });
     }
   }
 

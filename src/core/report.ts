@@ -135,6 +135,8 @@ export interface ChartOptions {
   title?: string;
   /** Longest label on a kept point, in characters (labels are also shortened to fit). */
   maxLabelChars?: number;
+  /** At most this many kept points are labelled (the baseline and the biggest gains); default 14. */
+  maxLabels?: number;
 }
 
 /** Focused y-range for the metric values; values above `clipAbove` are drawn clipped at the top. */
@@ -145,7 +147,7 @@ export function chartYRange(values: number[], baseline?: number): { min: number;
   // Interesting region: from the best result up to the baseline, plus room for regressions of
   // about the size of the progress made (at least 2% of the baseline).
   const spread = Math.max(reference - lo, Math.abs(reference) * 0.02, 1e-9);
-  let upper = reference + 1.5 * spread;
+  let upper = reference + Math.max(1.5 * spread, Math.abs(reference) * 0.05);
   if (sorted.length >= 5) {
     // With enough points, anything inside Tukey's upper fence is ordinary scatter: keep it.
     const q1 = quantile(sorted, 0.25);
@@ -231,6 +233,7 @@ export function progressChartSvg(experiments: Experiment[], options: ChartOption
   const height = options.height ?? 480;
   const title = options.title ?? 'val_bpb by experiment';
   const maxLabelChars = options.maxLabelChars ?? 42;
+  const maxLabels = options.maxLabels ?? 14;
   const finished = experiments.filter(isFinished).sort((a, b) => a.id - b.id);
   const open = `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 ${width} ${height}" width="${width}" height="${height}" role="img" font-family="${FONT}" class="progress-chart"`;
   const titleText = `<text x="24" y="30" font-size="17" font-weight="600" fill="${COLOR.ink}">${escapeHtml(title)}</text>`;
@@ -281,14 +284,13 @@ export function progressChartSvg(experiments: Experiment[], options: ChartOption
   parts.push(`<text x="24" y="52" font-size="12.5" fill="${COLOR.muted}">${escapeHtml(facts.join(' · '))}</text>`);
 
   // Legend, right-aligned on the title line.
-  const legend: [string, string][] = [
-    ['kept', `<circle r="5" fill="${COLOR.kept}" stroke="#fff" stroke-width="1.5"/>`],
-    ['discarded', `<circle r="3.5" fill="${COLOR.discard}" fill-opacity="0.6"/>`],
-  ];
+  const legend: [string, string][] = [];
+  if (counts.keep) legend.push(['kept', `<circle r="5" fill="${COLOR.kept}" stroke="#fff" stroke-width="1.5"/>`]);
+  if (counts.discard) legend.push(['discarded', `<circle r="3.5" fill="${COLOR.discard}" fill-opacity="0.6"/>`]);
   if (counts.pending) legend.push(['undecided', `<circle r="4" fill="#fff" stroke="${COLOR.pending}" stroke-width="2"/>`]);
   if (counts.crash) legend.push(['crashed', crossPath(0, 0, 4, COLOR.crash)]);
   if (clippedCount) legend.push(['above range', trianglePath(0, 0, COLOR.discard, 0.8)]);
-  legend.push(['running best', `<path d="M-9 0H9" stroke="${COLOR.kept}" stroke-width="2"/>`]);
+  if (counts.keep) legend.push(['running best', `<path d="M-9 0H9" stroke="${COLOR.kept}" stroke-width="2"/>`]);
   let legendX = right;
   const legendItems: string[] = [];
   for (const [label, symbol] of [...legend].reverse()) {
@@ -302,8 +304,13 @@ export function progressChartSvg(experiments: Experiment[], options: ChartOption
   parts.push(`<g class="legend">${legendItems.join('')}</g>`);
 
   // Grid, y ticks and axes.
-  const { ticks, decimals } = niceTicks(range.min, range.max, 6);
+  const { ticks, decimals } = measured.length > 0 ? niceTicks(range.min, range.max, 6) : { ticks: [], decimals: 0 };
   const grid: string[] = [];
+  if (measured.length === 0) {
+    grid.push(
+      `<text x="${r((left + right) / 2)}" y="${r((top + bottom) / 2)}" text-anchor="middle" font-size="13" fill="${COLOR.muted}">no val_bpb yet: every finished run ended without a result</text>`,
+    );
+  }
   for (const tick of ticks) {
     const y = r(yOf(tick));
     grid.push(`<line x1="${left}" x2="${right}" y1="${y}" y2="${y}" stroke="${COLOR.grid}"/>`);
@@ -356,6 +363,8 @@ export function progressChartSvg(experiments: Experiment[], options: ChartOption
   }
 
   // Points: discarded and undecided first, kept on top; crashes in their band.
+  // Markers shrink when experiments crowd the axis (5 px radius down to 2.5).
+  const size = Math.max(2.5, Math.min(5, slot * 0.4));
   const background: string[] = [];
   const foreground: string[] = [];
   const crashes: string[] = [];
@@ -366,7 +375,7 @@ export function progressChartSvg(experiments: Experiment[], options: ChartOption
     const attrs = `data-experiment-id="${experiment.id}" data-status="${escapeHtml(experiment.status)}"`;
     if (status === 'crash') {
       const y = (bandTop + bandBottom) / 2;
-      crashes.push(`<g class="point crash" ${attrs}><title>${tooltip}</title>${crossPath(x, y, 4.5, COLOR.crash)}</g>`);
+      crashes.push(`<g class="point crash" ${attrs}><title>${tooltip}</title>${crossPath(x, y, Math.min(4.5, 1 + size), COLOR.crash)}</g>`);
       return;
     }
     const value = experiment.valBpb as number;
@@ -376,9 +385,9 @@ export function progressChartSvg(experiments: Experiment[], options: ChartOption
     const data = `${attrs} data-val-bpb="${value}"`;
     let shape: string;
     if (clipped) shape = trianglePath(x, y, status === 'keep' ? COLOR.kept : status === 'pending' ? COLOR.pending : COLOR.discard, status === 'discard' ? 0.75 : 1);
-    else if (status === 'keep') shape = `<circle cx="${r(x)}" cy="${r(y)}" r="5.5" fill="${COLOR.kept}" stroke="#fff" stroke-width="1.5"/>`;
-    else if (status === 'pending') shape = `<circle cx="${r(x)}" cy="${r(y)}" r="4.5" fill="#fff" stroke="${COLOR.pending}" stroke-width="2"/>`;
-    else shape = `<circle cx="${r(x)}" cy="${r(y)}" r="3.8" fill="${COLOR.discard}" fill-opacity="0.55"/>`;
+    else if (status === 'keep') shape = `<circle cx="${r(x)}" cy="${r(y)}" r="${r(size + 0.5)}" fill="${COLOR.kept}" stroke="#fff" stroke-width="1.5"/>`;
+    else if (status === 'pending') shape = `<circle cx="${r(x)}" cy="${r(y)}" r="${r(size * 0.85)}" fill="#fff" stroke="${COLOR.pending}" stroke-width="2"/>`;
+    else shape = `<circle cx="${r(x)}" cy="${r(y)}" r="${r(Math.max(2, size * 0.7))}" fill="${COLOR.discard}" fill-opacity="0.55"/>`;
     (status === 'keep' ? foreground : background).push(`<g class="${cls}" ${data}><title>${tooltip}</title>${shape}</g>`);
   });
   const pointsAt = parts.length;
@@ -401,6 +410,7 @@ export function progressChartSvg(experiments: Experiment[], options: ChartOption
   const sin = Math.sin((LABEL_ANGLE * Math.PI) / 180);
   const cos = Math.cos((LABEL_ANGLE * Math.PI) / 180);
   for (const { experiment, index } of candidates) {
+    if (labels.length >= maxLabels) break;
     const value = experiment.valBpb as number;
     const px = xOf(index);
     const py = value > range.clipAbove ? clipY : yOf(value);

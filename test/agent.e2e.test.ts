@@ -1,0 +1,129 @@
+import Database from 'better-sqlite3';
+import { execa } from 'execa';
+import { readFileSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { tryOneIdea } from '../examples/scripted-client.js';
+import { constantEdit, parsePlan, PlanError, sweepPlan, trainConstants } from '../src/agent/plan.js';
+import { CLI, makeWorkspace, ROOT } from './helpers.js';
+
+const TRAIN = readFileSync(join(ROOT, 'python', 'train.py'), 'utf8');
+
+function experiments(workspace: string): { description: string; status: string; decision: string | null; client_name: string }[] {
+  const db = new Database(join(workspace, '.autoresearch', 'state.db'), { readonly: true });
+  try {
+    return db.prepare('SELECT description, status, decision, client_name FROM experiments ORDER BY id').all() as never;
+  } finally {
+    db.close();
+  }
+}
+
+describe('plans and sweeps (parsing)', () => {
+  it('finds the module constants of train.py', () => {
+    const constants = trainConstants(TRAIN);
+    expect(constants.has('MATRIX_LR')).toBe(true);
+    expect(constants.has('WARMDOWN_FRAC')).toBe(true);
+  });
+
+  it('rewrites one constant and keeps its comment', () => {
+    const edit = constantEdit('A = 1\nMATRIX_LR = 0.04   # Muon\n', 'MATRIX_LR', '0.06');
+    expect(edit).toEqual({ search: 'MATRIX_LR = 0.04   # Muon', replace: 'MATRIX_LR = 0.06   # Muon' });
+  });
+
+  it('parses YAML and JSON plans into Python literals', () => {
+    const yaml = 'steps:\n  - description: higher LR\n    set: {MATRIX_LR: 0.06, SEED: 7}\n  - description: by hand\n    edits:\n      - {search: "SEED = 42", replace: "SEED = 43"}\n';
+    const plan = parsePlan(yaml, TRAIN);
+    expect(plan.baseline).toBe(true);
+    expect(plan.steps[0].set).toEqual({ MATRIX_LR: '0.06', SEED: '7' });
+    const json = JSON.stringify({ on_crash: 'stop', steps: [{ description: 'x', set: { WARMDOWN_FRAC: 0.7 } }] }, null, 2);
+    expect(parsePlan(json, TRAIN).on_crash).toBe('stop');
+  });
+
+  it('names the line of a syntax error', () => {
+    expect(() => parsePlan('steps:\n  - description: a\n    set: {MATRIX_LR: [0.1\n', TRAIN, 'p.yaml')).toThrow(/^p\.yaml:\d+: cannot parse/);
+    expect(() => parsePlan('{\n  "steps": [\n    {"description": "a",,}\n  ]\n}', TRAIN, 'p.json')).toThrow(/^p\.json:3: cannot parse/);
+  });
+
+  it('names the line of an unknown constant', () => {
+    const text = 'steps:\n  - description: fine\n    set:\n      MATRIX_LR: 0.05\n  - description: typo\n    set:\n      MATRX_LR: 0.05\n';
+    expect(() => parsePlan(text, TRAIN, 'plan.yaml')).toThrow(/^plan\.yaml:7: train\.py has no constant MATRX_LR/);
+  });
+
+  it('names the line of a malformed step', () => {
+    const text = 'steps:\n  - description: ok\n    set: {SEED: 1}\n  - description: two kinds\n    set: {SEED: 2}\n    edits: [{search: a, replace: b}]\n';
+    expect(() => parsePlan(text, TRAIN, 'plan.yaml')).toThrow(/^plan\.yaml:4: each step needs exactly one of diff, edits or set/);
+    expect(() => parsePlan('steps: []\n', TRAIN, 'plan.yaml')).toThrow(/plan\.yaml:1:/);
+    expect(() => parsePlan('stepz:\n  - description: x\n', TRAIN, 'plan.yaml')).toThrow(PlanError);
+  });
+
+  it('builds sweeps and refuses unknown constants', () => {
+    const plan = sweepPlan(['MATRIX_LR=0.02,0.08', 'WARMDOWN_FRAC=0.3'], TRAIN);
+    expect(plan.steps.map((s) => s.set)).toEqual([{ MATRIX_LR: '0.02' }, { MATRIX_LR: '0.08' }, { WARMDOWN_FRAC: '0.3' }]);
+    expect(() => sweepPlan(['NOPE=1'], TRAIN)).toThrow(/no constant NOPE/);
+    expect(() => sweepPlan(['matrix_lr=1'], TRAIN)).toThrow(/NAME=v1,v2/);
+  });
+});
+
+describe('autoresearch-mcp agent (a real server process, driven over MCP)', () => {
+  let workspace: string;
+  beforeAll(async () => {
+    workspace = await makeWorkspace('smoke');
+  }, 600_000);
+
+  it('runs nothing when the plan names an unknown constant', async () => {
+    const plan = join(workspace, '..', 'bad-plan.yaml');
+    await writeFile(plan, 'steps:\n  - description: typo\n    set:\n      NOT_A_KNOB: 1\n');
+    const result = await execa(process.execPath, [CLI, 'agent', '--workspace', workspace, '--plan', plan], { reject: false });
+    expect(result.exitCode).toBe(2);
+    expect(result.stderr).toMatch(/bad-plan\.yaml:4: train\.py has no constant NOT_A_KNOB/);
+    expect(experiments(workspace)).toEqual([]);
+  }, 120_000);
+
+  it('runs a plan: baseline, then each step kept or discarded by the server', async () => {
+    const plan = join(workspace, '..', 'plan.yaml');
+    await writeFile(
+      plan,
+      [
+        'on_crash: continue',
+        'steps:',
+        '  - description: lower warm-down',
+        '    set: {WARMDOWN_FRAC: 0.3}',
+        '  - description: a crash on purpose',
+        '    edits:',
+        '      - search: "SEED = 42"',
+        '        replace: "SEED = 42\\nraise RuntimeError(\'boom\')"',
+        '  - description: an edit that does not apply',
+        '    edits: [{search: "no such line", replace: "x"}]',
+        '',
+      ].join('\n'),
+    );
+    const result = await execa(process.execPath, [CLI, 'agent', '--workspace', workspace, '--plan', plan], { reject: false });
+    expect(result.exitCode, result.stderr).toBe(1);
+    const rows = experiments(workspace);
+    expect(rows.map((r) => [r.description, r.status])).toEqual([
+      ['baseline', 'succeeded'],
+      ['lower warm-down', 'succeeded'],
+      ['a crash on purpose', 'crashed'],
+    ]);
+    expect(rows[0].decision).toBe('keep');
+    expect(rows[2].decision).toBe('discard');
+    expect(new Set(rows.map((r) => r.client_name))).toEqual(new Set(['autoresearch-agent']));
+    expect(result.stderr).toMatch(/refused .*an edit that does not apply/);
+  }, 300_000);
+
+  it('sweeps a constant', async () => {
+    const fresh = await makeWorkspace('smoke');
+    const result = await execa(process.execPath, [CLI, 'agent', '--workspace', fresh, '--sweep', 'MATRIX_LR=0.02,0.08'], { reject: false });
+    expect(result.exitCode, result.stderr).toBe(0);
+    expect(experiments(fresh).map((r) => r.description)).toEqual(['baseline', 'MATRIX_LR = 0.02', 'MATRIX_LR = 0.08']);
+  }, 300_000);
+
+  it('the documented scripted client example runs the loop', async () => {
+    const fresh = await makeWorkspace('smoke');
+    const { baseline, idea, decision } = await tryOneIdea(fresh, CLI);
+    expect(baseline.status).toBe('succeeded');
+    expect(idea.status).toBe('succeeded');
+    expect(decision).toBe(idea.val_bpb < baseline.val_bpb ? 'keep' : 'discard');
+  }, 300_000);
+});
