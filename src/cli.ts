@@ -18,6 +18,7 @@ Usage:
                          [--gpus 0,1,...] [--slots N] [--ceiling-seconds S]
   autoresearch-mcp demo [--dir DIR] [--profile cpu|gpu]
   autoresearch-mcp agent --workspace DIR (--plan FILE | --sweep NAME=v1,v2,...) [--url http://HOST:PORT/mcp]
+  autoresearch-mcp doctor [--python PATH]        which Python runs training, with torch and CUDA
   autoresearch-mcp status --workspace DIR
   autoresearch-mcp results --workspace DIR [--tsv]
   autoresearch-mcp report --workspace DIR [--out FILE]
@@ -142,6 +143,11 @@ async function main(argv: string[]): Promise<number> {
         await serveStdio(lab);
       }
       return -1;
+    }
+    case 'doctor': {
+      const python = await findPython(flags.python);
+      process.stdout.write(`${JSON.stringify({ ...python, profile: python.cuda ? 'gpu' : 'cpu' }, null, 2)}\n`);
+      return 0;
     }
     case 'status': {
       const lab = await openLab(flags);

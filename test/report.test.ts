@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { copyFile, mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -81,10 +81,10 @@ describe('resultsTsv', () => {
     expect(lines.slice(1, -1)).toEqual([
       '0000001\t0.997123\t44.0\tkeep\texperiment 1',
       '0000002\t1.001200\t0.0\tdiscard\texperiment 2',
-      '0000003\t0.000000\t78.1\tcrash\texperiment 3',
-      '0000004\t0.000000\t44.0\tcrash\texperiment 4',
-      '-------\t0.000000\t44.0\tcrash\texperiment 5',
-      '0000006\t0.000000\t44.0\tcrash\texperiment 6',
+      '0000003\t0.000000\t0.0\tcrash\texperiment 3',
+      '0000004\t0.000000\t0.0\tcrash\texperiment 4',
+      '-------\t0.000000\t0.0\tcrash\texperiment 5',
+      '0000006\t0.000000\t0.0\tcrash\texperiment 6',
       '0000007\t0.990000\t44.0\tpending\texperiment 7',
     ]);
   });
@@ -328,6 +328,7 @@ describe('HTML report in a real browser', () => {
 
   afterAll(async () => {
     await browser?.close();
+    if (workspace) await rm(resolve(workspace.dir, '..'), { recursive: true, force: true });
   });
 
   it('writes a self-contained file that escapes model text', async () => {
@@ -384,6 +385,15 @@ describe('HTML report in a real browser', () => {
     await page.locator('table.experiments th[data-key="id"]').click();
     expect((await ids())[0]).toBe(STEPS.length);
     await page.locator('table.experiments th[data-key="id"]').click();
+
+    // a chart point leads to its table row; the kept diffs collapse and expand
+    await page.locator('svg.progress-chart .point[data-experiment-id="5"]').click();
+    await expect.poll(() => page.locator('#exp-5').getAttribute('class')).toContain('flash');
+    await page.locator('button[data-toggle-changes="close"]').click();
+    expect(await page.locator('details.change[open]').count()).toBe(0);
+    await page.locator('button[data-toggle-changes="open"]').click();
+    expect(await page.locator('details.change[open]').count()).toBe(workspace.kept);
+    await page.evaluate(() => window.scrollTo(0, 0));
 
     await mkdir(OUTPUT, { recursive: true });
     await page.screenshot({ path: join(OUTPUT, 'report.png'), fullPage: true });

@@ -4,7 +4,6 @@ Run: /usr/bin/python3 -m pytest -q python/tests
 Most tests use the `smoke` profile on a small synthetic corpus; one prepares the embedded corpus.
 """
 
-import hashlib
 import importlib.util
 import io
 import json
@@ -384,6 +383,26 @@ def test_non_causal_model_is_rejected(smoke_dir, tmp_path, monkeypatch, amount):
     prep = load_fresh(smoke_dir, monkeypatch, AUTORESEARCH_RESULT_PATH=record_path)
     with pytest.raises(RuntimeError, match="not causal"):
         prep.evaluate_bpb(Leaky(prep.VOCAB_SIZE, amount), 8)
+    assert not record_path.exists()
+
+
+def test_tensor_subclass_logits_are_rejected(smoke_dir, tmp_path, monkeypatch):
+    """A Tensor subclass could override the very operations that compute the loss."""
+    class Flattering(torch.Tensor):
+        pass
+
+    class SubclassModel(torch.nn.Module):
+        def __init__(self, vocab):
+            super().__init__()
+            self.vocab = vocab
+
+        def forward(self, x):
+            return torch.zeros(*x.shape, self.vocab).as_subclass(Flattering)
+
+    record_path = tmp_path / "result.json"
+    prep = load_fresh(smoke_dir, monkeypatch, AUTORESEARCH_RESULT_PATH=record_path)
+    with pytest.raises(RuntimeError, match="plain torch.Tensor"):
+        prep.evaluate_bpb(SubclassModel(prep.VOCAB_SIZE), 8)
     assert not record_path.exists()
 
 

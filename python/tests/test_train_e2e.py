@@ -148,7 +148,7 @@ def test_smoke_profile_runs_clean(smoke_data, tmp_path):
 
 @pytest.mark.parametrize("name, replacements", [
     ("injected nan", [("loss = train_model(x, y)", "loss = train_model(x, y) * (float('nan') if step == 3 else 1.0)")]),
-    ("huge learning rate", [("EMBED_LR = 0.6 ", "EMBED_LR = 1e4 "), ("HEAD_LR = 0.008 ", "HEAD_LR = 1e4 "),
+    ("huge learning rate", [("EMBED_LR = 0.6 ", "EMBED_LR = 1e4 "), ("HEAD_LR = 0.016 ", "HEAD_LR = 1e4 "),
                             ("SCALAR_LR = 0.04 ", "SCALAR_LR = 1e4 ")]),
 ])
 def test_divergence_stops_with_fail(smoke_data, tmp_path, name, replacements):

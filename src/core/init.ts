@@ -51,7 +51,7 @@ export async function createWorkspace(dir: string, options: InitOptions): Promis
   const dataDir = options.dataDir ? resolve(options.dataDir) : join(workspace, 'data');
   const args = [join(workspace, 'prepare.py'), '--profile', options.profile, '--data-dir', dataDir];
   const corpus = options.corpus ?? [];
-  for (const source of corpus) args.push('--corpus', isAbsolute(source) || /^\w+:/.test(source) ? source : resolve(source));
+  for (const source of corpus) args.push('--corpus', isAbsolute(source) || /^[\w-]+:/.test(source) || source === 'sotu' ? source : resolve(source));
   const sotu = embeddedCorpusDir();
   if (corpus.length === 0 && sotu) args.push('--sotu-dir', sotu);
   const prepared = await runCaptured(python.path, args, workspace, options.showProgress ?? false);

@@ -74,12 +74,12 @@ export type ResultStatus = 'keep' | 'discard' | 'crash' | 'pending';
 /**
  * The results.tsv status of a finished experiment:
  *
- * | experiment                                             | status    |
- * |--------------------------------------------------------|-----------|
- * | succeeded, decision keep                               | `keep`    |
- * | succeeded, decision discard                            | `discard` |
- * | succeeded, not decided yet                             | `pending` |
- * | crashed, timed_out, rejected or cancelled (any decision) | `crash` |
+ * | experiment                                               | status    |
+ * |----------------------------------------------------------|-----------|
+ * | succeeded, decision keep                                 | `keep`    |
+ * | succeeded, decision discard                              | `discard` |
+ * | succeeded, not decided yet                               | `pending` |
+ * | crashed, timed_out, rejected or cancelled (any decision) | `crash`   |
  *
  * Upstream autoresearch knows only keep/discard/crash because its agent decides at once; here a
  * result can wait for commit_or_revert, and calling it `pending` keeps it from reading as either.
@@ -100,7 +100,8 @@ export function resultStatus(experiment: Experiment): ResultStatus {
  * - commit: first 7 characters of the candidate commit; `-------` for an experiment rejected
  *   before it was committed.
  * - val_bpb: 6 decimals; `0.000000` for anything but a succeeded run (upstream's crash value).
- * - memory_gb: peak VRAM in GiB (peak_vram_mb / 1024), 1 decimal; `0.0` when unknown.
+ * - memory_gb: peak VRAM in GiB (peak_vram_mb / 1024), 1 decimal; `0.0` when unknown and, as
+ *   upstream, for crashes.
  * - status: see {@link resultStatus}.
  * - description: tabs, newlines and other control characters replaced by spaces.
  */
@@ -111,7 +112,8 @@ export function resultsTsv(experiments: Experiment[]): string {
     const status = resultStatus(experiment);
     const commit = experiment.candidateCommit ? experiment.candidateCommit.slice(0, 7) : '-------';
     const valBpb = status === 'crash' ? '0.000000' : (experiment.valBpb as number).toFixed(6);
-    const memoryGb = isNum(experiment.peakVramMb) && experiment.peakVramMb > 0 ? (experiment.peakVramMb / 1024).toFixed(1) : '0.0';
+    const memory = status === 'crash' ? null : experiment.peakVramMb;
+    const memoryGb = isNum(memory) && memory > 0 ? (memory / 1024).toFixed(1) : '0.0';
     rows.push([commit, valBpb, memoryGb, status, oneLine(experiment.description ?? '')].join('\t'));
   }
   return `${rows.join('\n')}\n`;
@@ -141,11 +143,12 @@ export interface ChartOptions {
 
 /** Focused y-range for the metric values; values above `clipAbove` are drawn clipped at the top. */
 export function chartYRange(values: number[], baseline?: number): { min: number; max: number; clipAbove: number } {
-  const sorted = [...values].sort((a, b) => a - b);
+  const sorted = values.filter(isNum).sort((a, b) => a - b);
+  if (sorted.length === 0) return { min: 0, max: 1, clipAbove: 1 };
   const lo = sorted[0];
-  const reference = baseline ?? quantile(sorted, 0.5);
-  // Interesting region: from the best result up to the baseline, plus room for regressions of
-  // about the size of the progress made (at least 2% of the baseline).
+  const reference = isNum(baseline) ? baseline : quantile(sorted, 0.5);
+  // Interesting region: from the best result up to the baseline, plus regressions up to 1.5 times
+  // the progress made (at least 2% of the baseline) or 5% of the baseline, whichever is more.
   const spread = Math.max(reference - lo, Math.abs(reference) * 0.02, 1e-9);
   let upper = reference + Math.max(1.5 * spread, Math.abs(reference) * 0.05);
   if (sorted.length >= 5) {
@@ -249,7 +252,10 @@ export function progressChartSvg(experiments: Experiment[], options: ChartOption
 
   const measured = finished.filter(hasMetric);
   const { baseline, best } = baselineAndBest(finished);
-  const range = measured.length > 0 ? chartYRange(measured.map((e) => e.valBpb as number), baseline?.valBpb as number | undefined) : { min: 0, max: 1, clipAbove: 1 };
+  const range = chartYRange(
+    measured.map((e) => e.valBpb as number),
+    baseline?.valBpb ?? undefined,
+  );
 
   const left = 76;
   const right = width - 28;
@@ -577,7 +583,7 @@ h2 .count { color: var(--muted); font-weight: 450; font-size: 14px; margin-left:
 .meta b { color: var(--ink); font-weight: 550; }
 code, .mono { font-family: var(--mono); font-size: 12.5px; }
 .badges { display: flex; gap: 8px; flex-wrap: wrap; }
-.badge { display: inline-flex; align-items: center; gap: 6px; padding: 5px 11px; border-radius: 999px; font-size: 12.5px; font-weight: 560; border: 1px solid; white-space: nowrap; }
+.badge { text-decoration: none; display: inline-flex; align-items: center; gap: 6px; padding: 5px 11px; border-radius: 999px; font-size: 12.5px; font-weight: 560; border: 1px solid; white-space: nowrap; }
 .badge.ok { color: var(--keep); background: var(--keep-bg); border-color: #a7f3d0; }
 .badge.bad { color: var(--crash); background: var(--crash-bg); border-color: #fecaca; }
 .badge.unknown { color: var(--muted); background: #fff; border-color: var(--line); }
@@ -927,13 +933,13 @@ export function renderReportHtml(data: ReportData): string {
   const sessionName = data.session ?? data.branch;
 
   const harnessBadge = data.integrity.harnessIntact
-    ? '<span class="badge ok" title="prepare.py and the evaluation data match their pinned hashes">✓ harness intact</span>'
-    : `<span class="badge bad" title="${escapeHtml(`changed: ${data.integrity.harnessDrift.join(', ')}`)}">✗ harness changed</span>`;
+    ? '<a class="badge ok" href="#integrity" title="prepare.py and the evaluation data match their pinned hashes">✓ harness intact</a>'
+    : `<a class="badge bad" href="#integrity" title="${escapeHtml(`changed: ${data.integrity.harnessDrift.join(', ')}`)}">✗ harness changed</a>`;
   const auditBadge = !data.audit
     ? '<span class="badge unknown">audit log n/a</span>'
     : data.audit.chain.ok
-      ? `<span class="badge ok" title="${data.audit.chain.rows} rows verified">✓ audit chain intact</span>`
-      : '<span class="badge bad">✗ audit chain broken</span>';
+      ? `<a class="badge ok" href="#integrity" title="${data.audit.chain.rows} rows verified">✓ audit chain intact</a>`
+      : '<a class="badge bad" href="#integrity">✗ audit chain broken</a>';
 
   const baselineValue = baseline && isNum(baseline.valBpb) ? baseline.valBpb : undefined;
   const bestValue = best && isNum(best.valBpb) ? best.valBpb : undefined;
@@ -998,21 +1004,21 @@ h3.sub-h .dim { font-weight: 450; }
 <section class="panel chart" aria-label="progress chart">
 ${progressChartSvg(experiments, { width: 1040, height: 500 })}
 </section>
-<section class="panel">
+<section class="panel" id="experiments">
 <h2>Experiments <span class="count">${experiments.length} · click a column to sort, a point in the chart to find its row</span></h2>
 ${experimentTable(experiments, new Set(data.keptChanges.map((c) => c.experimentId)))}
 </section>
-<section class="panel">
+<section class="panel" id="changes">
 <div class="toolbar"><button type="button" class="small" data-toggle-changes="open">expand all</button><button type="button" class="small" data-toggle-changes="close">collapse all</button></div>
 <h2>Kept changes <span class="count">${data.keptChanges.length} · diff of train.py from the head each ran on</span></h2>
 ${keptChangesSection(data, byId)}
 </section>
 ${history}
-<section class="panel">
+<section class="panel" id="audit">
 <h2>Audit</h2>
 ${auditSection(data.audit)}
 </section>
-<section class="panel">
+<section class="panel" id="integrity">
 <h2>Integrity</h2>
 ${integritySection(data.integrity, data.audit)}
 </section>
