@@ -29,6 +29,8 @@ describe('plans and sweeps (parsing)', () => {
   it('rewrites one constant and keeps its comment', () => {
     const edit = constantEdit('A = 1\nMATRIX_LR = 0.04   # Muon\n', 'MATRIX_LR', '0.06');
     expect(edit).toEqual({ search: 'MATRIX_LR = 0.04   # Muon', replace: 'MATRIX_LR = 0.06   # Muon' });
+    const aligned = constantEdit('DEPTH =     {"cpu": 4}[PROFILE]   # blocks\n', 'DEPTH', '3');
+    expect(aligned.replace).toBe('DEPTH =     3   # blocks');
   });
 
   it('parses YAML and JSON plans into Python literals', () => {

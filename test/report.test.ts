@@ -243,9 +243,10 @@ async function buildWorkspace(): Promise<{ dir: string; finished: number; kept: 
       continue;
     }
     const created = store.createExperiment(base);
+    // Queued without a commit (still being prepared): the Lab never starts it, so no train.py runs here.
+    if (status === 'queued') continue;
     const commit = await ws.commitCandidate(created.id, head, text, `exp ${created.id}: ${step.description}`);
     store.setCandidate(created.id, { candidateCommit: commit });
-    if (status === 'queued') continue;
     finished += 1;
     if (status === 'cancelled') {
       store.markFinished(created.id, { status, error: step.error, finishedAt: clock + 1000 });

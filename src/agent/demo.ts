@@ -11,19 +11,22 @@ import { formatOutcome, runPlan, type Plan } from './plan.js';
 import { ProgressBar } from './terminal.js';
 
 /**
- * A handful of edits a researcher would try first on the small CPU model: learning rates, depth,
- * the warm-down, the batch. Each is judged by the server's keep rule, like a model's would be.
+ * A handful of edits a researcher would try first: learning rates, depth, the warm-down. Each is
+ * judged by the server's keep rule, exactly as a model's edit would be.
  */
-export const DEMO_PLAN: Plan = {
-  baseline: true,
-  on_crash: 'continue',
-  steps: [
-    { description: 'raise the Muon matrix learning rate 0.04 -> 0.06', set: { MATRIX_LR: '0.06' } },
-    { description: 'shallower model: depth 4 -> 3', set: { DEPTH: '3' } },
-    { description: 'longer warm-down: 50% -> 70% of the budget', set: { WARMDOWN_FRACTION: '0.7' } },
-    { description: 'raise the embedding learning rate 0.6 -> 0.9', set: { EMBEDDING_LR: '0.9' } },
-  ],
-};
+export function demoPlan(profile: Profile): Plan {
+  const depth = profile === 'gpu' ? '10' : '3';
+  return {
+    baseline: true,
+    on_crash: 'continue',
+    steps: [
+      { description: 'raise the Muon matrix learning rate to 0.06', set: { MATRIX_LR: '0.06' } },
+      { description: `${profile === 'gpu' ? 'deeper' : 'shallower'} model: depth ${depth}`, set: { DEPTH: depth } },
+      { description: 'longer warm-down: last 70% of the budget', set: { WARMDOWN_FRAC: '0.7' } },
+      { description: 'raise the embedding learning rate to 0.9', set: { EMBED_LR: '0.9' } },
+    ],
+  };
+}
 
 function write(line = ''): void {
   process.stdout.write(`${line}\n`);
@@ -52,7 +55,7 @@ export async function runDemo(options: { dir?: string; profile?: Profile }): Pro
     await client.call('start_session', { tag: 'demo' });
     write('3/4 baseline, then one idea at a time; the server keeps a change only if val_bpb drops:');
     const bar = new ProgressBar(process.stdout);
-    const outcomes = await runPlan(client, DEMO_PLAN, {
+    const outcomes = await runPlan(client, demoPlan(profile), {
       stepStarted: (description, id) => bar.start(`#${id} ${description}`),
       progress: (_id, p) => bar.update(p.progress, p.message),
       stepFinished: (outcome) => {

@@ -45,14 +45,23 @@ export interface Plan {
 /** A plan problem, with the line of the plan file it is about. */
 export class PlanError extends UsageError {}
 
-const CONSTANT_LINE = /^([A-Z][A-Z0-9_]*)\s*=\s*(.+?)\s*(#.*)?$/;
+const CONSTANT_LINE = /^([A-Z][A-Z0-9_]*)(\s*=\s*)(.+?)(\s*#.*)?$/;
+
+interface ConstantLine {
+  line: string;
+  value: string;
+  /** The line with the value swapped, spacing and comment kept. */
+  withValue: (value: string) => string;
+}
 
 /** Module-level UPPER_CASE assignments of train.py: the knobs a plan or sweep may set. */
-export function trainConstants(source: string): Map<string, { line: string; value: string }> {
-  const constants = new Map<string, { line: string; value: string }>();
+export function trainConstants(source: string): Map<string, ConstantLine> {
+  const constants = new Map<string, ConstantLine>();
   for (const line of source.split('\n')) {
     const match = CONSTANT_LINE.exec(line);
-    if (match && !constants.has(match[1])) constants.set(match[1], { line, value: match[2] });
+    if (!match || constants.has(match[1])) continue;
+    const [, name, equals, value, comment = ''] = match;
+    constants.set(name, { line, value, withValue: (next) => `${name}${equals}${next}${comment}` });
   }
   return constants;
 }
@@ -68,11 +77,7 @@ export function pythonLiteral(value: string | number | boolean): string {
 export function constantEdit(source: string, name: string, pythonValue: string): { search: string; replace: string } {
   const constant = trainConstants(source).get(name);
   if (!constant) throw new PlanError(`train.py has no module constant ${name}.`);
-  const replace = constant.line.replace(`= ${constant.value}`, `= ${pythonValue}`);
-  if (replace === constant.line && constant.value !== pythonValue) {
-    throw new PlanError(`Could not rewrite the line of ${name}: "${constant.line}". Use an explicit edit instead.`);
-  }
-  return { search: constant.line, replace };
+  return { search: constant.line, replace: constant.withValue(pythonValue) };
 }
 
 /**
