@@ -34,7 +34,8 @@ export function registerResources(server: McpServer, lab: Lab): void {
     'progress-chart',
     'autoresearch://chart.svg',
     { title: 'Progress chart', description: 'val_bpb per experiment, kept ones highlighted, running best', mimeType: 'image/svg+xml' },
-    async (uri) => text(uri, 'image/svg+xml', progressChartSvg(lab.store.listExperiments({ order: 'id', ascending: true }))),
+    async (uri) =>
+      text(uri, 'image/svg+xml', progressChartSvg(lab.store.listExperiments({ order: 'id', ascending: true, session: await lab.currentSessionTag() }))),
   );
   server.registerResource(
     'experiment-log',
