@@ -38,9 +38,9 @@ SEQ_LEN = MAX_SEQ_LEN     # training context (evaluation always uses MAX_SEQ_LEN
 MLP_RATIO = 4             # hidden width of the MLP = MLP_RATIO * MODEL_DIM
 SOFTCAP = 15.0            # logits are squashed into (-SOFTCAP, SOFTCAP)
 
-MATRIX_LR = 0.04          # Muon: 2-D weights inside the blocks
+MATRIX_LR = 0.02          # Muon: 2-D weights inside the blocks
 EMBED_LR = 0.6            # AdamW: token embedding and value embeddings
-HEAD_LR = 0.016           # AdamW: output head
+HEAD_LR = 0.016           # AdamW: output head, at width 128 (scaled by 128 / MODEL_DIM)
 SCALAR_LR = 0.04          # AdamW: residual scalars and value-embedding gates
 ADAM_BETAS = (0.8, 0.95)
 MUON_MOMENTUM = 0.95
@@ -322,7 +322,7 @@ def build_optimizers(model):
     scalars = [model.resid_scales, model.skip_scales] + gates
     adam = torch.optim.AdamW([
         dict(params=embeds, lr=EMBED_LR),
-        dict(params=[model.lm_head.weight], lr=HEAD_LR),
+        dict(params=[model.lm_head.weight], lr=HEAD_LR * 128 / MODEL_DIM),  # muP-style: wider, slower
         dict(params=scalars, lr=SCALAR_LR),
     ], betas=ADAM_BETAS, eps=1e-10, weight_decay=0.0)
     muon = Muon(matrices, lr=MATRIX_LR, momentum=MUON_MOMENTUM)

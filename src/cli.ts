@@ -86,11 +86,12 @@ export function resolveSlots(flags: { gpus?: string; slots?: string }): Slot[] {
   return [{ index: 0 }];
 }
 
-async function openLab(flags: Flags): Promise<Lab> {
+async function openLab(flags: Flags, mode: 'serve' | 'inspect'): Promise<Lab> {
   return Lab.open({
     workspace: requireWorkspace(flags),
     slots: resolveSlots(flags),
     ceilingSeconds: positiveInt(flags['ceiling-seconds'], 'ceiling-seconds'),
+    mode,
   });
 }
 
@@ -134,7 +135,7 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'serve': {
-      const lab = await openLab(flags);
+      const lab = await openLab(flags, 'serve');
       if (flags.http) {
         const { serveHttp } = await import('./transports/http.js');
         await serveHttp(lab, { host: flags.host ?? '127.0.0.1', port: positiveInt(flags.port, 'port', 0) ?? 8765, token: flags.token ?? process.env.AUTORESEARCH_TOKEN });
@@ -150,7 +151,7 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'status': {
-      const lab = await openLab(flags);
+      const lab = await openLab(flags, 'inspect');
       try {
         process.stdout.write(`${JSON.stringify(await lab.status(), null, 2)}\n`);
       } finally {
@@ -159,7 +160,7 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'results': {
-      const lab = await openLab(flags);
+      const lab = await openLab(flags, 'inspect');
       try {
         if (flags.tsv) process.stdout.write(await lab.resultsTsv(await lab.currentSessionTag()));
         else process.stdout.write(`${JSON.stringify(lab.store.listExperiments({ order: 'id', ascending: true }), null, 2)}\n`);
@@ -169,7 +170,7 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'report': {
-      const lab = await openLab(flags);
+      const lab = await openLab(flags, 'inspect');
       try {
         const out = resolve(flags.out ?? `${lab.workspace.dir}/.autoresearch/report.html`);
         await writeReport(lab, out);
@@ -195,7 +196,7 @@ async function main(argv: string[]): Promise<number> {
 }
 
 async function auditCommand(flags: Flags, action: string): Promise<number> {
-  const lab = await openLab(flags);
+  const lab = await openLab(flags, 'inspect');
   try {
     const audit = lab.store.audit;
     const filter = { tool: flags.tool, limit: positiveInt(flags.limit, 'limit') };

@@ -1,5 +1,5 @@
 import Database from 'better-sqlite3';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -261,6 +261,19 @@ describe('server process lifecycle', () => {
     expect(lines).toHaveLength(4);
     for (const line of lines) expect(JSON.parse(line).jsonrpc).toBe('2.0');
   }, 60_000);
+
+  it('allows one server per workspace, while read-only commands run beside it without disturbing its runs', async () => {
+    const server = await connect(workspace);
+    const run = await ok(server.client, 'run_experiment', { description: 'runs while others look' });
+    const second = spawnSync(process.execPath, [CLI, 'serve', '--workspace', workspace], { input: '', encoding: 'utf8', timeout: 30_000 });
+    expect(second.status).toBe(1);
+    expect(second.stderr).toMatch(/Another autoresearch-mcp server \(pid \d+\) is serving/);
+    const status = spawnSync(process.execPath, [CLI, 'status', '--workspace', workspace], { encoding: 'utf8', timeout: 30_000 });
+    expect(status.status).toBe(0);
+    const done = await waitFinished(server.client, run.experiment.id);
+    expect(done.status).toBe('succeeded');
+    await server.client.close();
+  }, 90_000);
 
   it('ends when stdin closes, stopping its running experiment and marking it', async () => {
     const server = await connect(workspace);

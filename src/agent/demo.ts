@@ -84,7 +84,7 @@ export async function runDemo(options: { dir?: string; profile?: Profile }): Pro
   }
 
   write('4/4 writing the report...');
-  const lab = await Lab.open({ workspace: dir });
+  const lab = await Lab.open({ workspace: dir, mode: 'inspect' });
   const reportPath = join(dir, '.autoresearch', 'report.html');
   try {
     await writeReport(lab, reportPath);

@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { UserError } from './errors.js';
@@ -28,6 +28,12 @@ export interface LabOptions {
   slots?: Slot[];
   /** Hard wall-clock ceiling per run; default 2 x budget + 60 s. */
   ceilingSeconds?: number;
+  /**
+   * serve (default): this process owns the workspace's queue; it takes the server lock and
+   * reconciles what a dead server left behind. inspect: read-only views (status, report, audit)
+   * that are safe while a server runs.
+   */
+  mode?: 'serve' | 'inspect';
   log?: (message: string) => void;
 }
 
@@ -65,6 +71,7 @@ export class Lab extends EventEmitter {
     readonly slots: Slot[],
     readonly ceilingSeconds: number,
     private readonly log: (message: string) => void,
+    private readonly serving: boolean,
   ) {
     super();
     runner.on('progress', (id: number, progress: RunProgress) => this.emit('progress', id, progress));
@@ -89,8 +96,17 @@ export class Lab extends EventEmitter {
       ceilingSeconds,
     });
     const log = options.log ?? ((message: string) => process.stderr.write(`[autoresearch] ${message}\n`));
-    const lab = new Lab(new Workspace(dir), store, meta, runner, options.slots ?? [{ index: 0 }], ceilingSeconds, log);
-    await lab.reconcile();
+    const serving = (options.mode ?? 'serve') === 'serve';
+    if (serving) {
+      try {
+        acquireServerLock(dir);
+      } catch (error) {
+        store.close();
+        throw error;
+      }
+    }
+    const lab = new Lab(new Workspace(dir), store, meta, runner, options.slots ?? [{ index: 0 }], ceilingSeconds, log, serving);
+    if (serving) await lab.reconcile();
     return lab;
   }
 
@@ -306,7 +322,7 @@ export class Lab extends EventEmitter {
 
   /** Starts queued experiments while slots are free (FIFO). */
   private pump(): void {
-    if (this.closed) return;
+    if (this.closed || !this.serving) return;
     for (const slot of this.slots) {
       if (this.busySlots.has(slot.index)) continue;
       const next = this.store.nextQueued();
@@ -569,12 +585,60 @@ export class Lab extends EventEmitter {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    if (!this.serving) {
+      this.store.close();
+      return;
+    }
     for (const experiment of this.store.listExperiments({ status: 'queued', order: 'id' })) {
       this.store.markFinished(experiment.id, { status: 'cancelled', error: 'server stopped before it ran', finishedAt: Date.now() });
     }
     this.runner.stopAll('cancelled');
     await Promise.allSettled([...this.running.values()]);
     this.store.close();
+    releaseServerLock(this.workspace.dir);
+  }
+}
+
+function serverLockPath(workspace: string): string {
+  return join(stateDir(workspace), 'server.pid');
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return !readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.startsWith('Z');
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * One serving process per workspace: two would run the same queue twice and mark each other's
+ * runs as crashed. A lock left by a dead process is taken over.
+ */
+function acquireServerLock(workspace: string): void {
+  const path = serverLockPath(workspace);
+  try {
+    writeFileSync(path, String(process.pid), { flag: 'wx' });
+    return;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+  }
+  const holder = Number(readFileSync(path, 'utf8').trim());
+  if (holder !== process.pid && Number.isInteger(holder) && holder > 0 && processAlive(holder)) {
+    throw new UserError(
+      `Another autoresearch-mcp server (pid ${holder}) is serving ${workspace}. Connect to it instead ` +
+        `(serve it with --http to share it between clients) or stop it first.`,
+    );
+  }
+  writeFileSync(path, String(process.pid));
+}
+
+function releaseServerLock(workspace: string): void {
+  try {
+    if (readFileSync(serverLockPath(workspace), 'utf8').trim() === String(process.pid)) unlinkSync(serverLockPath(workspace));
+  } catch {
+    // Already gone.
   }
 }
 
