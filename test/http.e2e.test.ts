@@ -1,10 +1,11 @@
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { execa } from 'execa';
 import { request } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Lab } from '../src/core/lab.js';
 import { hasBearerToken, isAllowedHostHeader, isLoopback, startHttpServer } from '../src/transports/http.js';
-import { makeWorkspace, waitFinished } from './helpers.js';
+import { CLI, makeWorkspace, waitFinished } from './helpers.js';
 
 async function httpClient(url: string, name: string, token?: string): Promise<{ client: Client; transport: StreamableHTTPClientTransport }> {
   const transport = new StreamableHTTPClientTransport(new URL(url), token ? { requestInit: { headers: { Authorization: `Bearer ${token}` } } } : undefined);
@@ -114,6 +115,15 @@ describe('Streamable HTTP transport', () => {
     const notJson = await raw(url, { body: '{not json' });
     expect(notJson.status).toBe(400);
   });
+
+  it('drives a scripted agent session over HTTP (autoresearch-mcp agent --url)', async () => {
+    const result = await execa(process.execPath, [CLI, 'agent', '--url', url, '--sweep', 'WARMDOWN_FRAC=0.4'], { reject: false, timeout: 180_000 });
+    expect(result.exitCode, result.stderr).toBe(0);
+    const rows = lab.store.listExperiments({ order: 'id', ascending: true });
+    expect(rows.at(-1)?.description).toBe('WARMDOWN_FRAC = 0.4');
+    expect(rows.at(-1)?.clientName).toBe('autoresearch-agent');
+    expect(rows.at(-1)?.decision).not.toBeNull();
+  }, 200_000);
 
   it('keeps an experiment running when a client disconnects mid-wait; a later session reads its result', async () => {
     const dave = await httpClient(url, 'dave');
