@@ -65,34 +65,50 @@ for (const [name, args] of [['read_train_py', {}], ['get_results', { limit: 20 }
   latency[name] = summary(await timeCalls(client, name, args, 300));
 }
 
-// 2. Overhead per experiment: through the server vs the same train.py run directly.
+// 2. Overhead per experiment. train.py is patched (through the tools) to print wall-clock stamps
+// as its first and last statements; the same file is also run by hand. Overhead = what the server
+// adds before the first stamp and after the last one, against the same gaps for a direct run.
+const stamped = await client.callTool({ name: 'read_train_py', arguments: {} });
+const source = stamped.structuredContent.text;
+const firstImport = /^import .*$/m.exec(source)[0];
+await client.callTool({
+  name: 'apply_patch',
+  arguments: {
+    edits: [
+      { search: firstImport, replace: `import time as _bench_time\nprint("BENCH_T0", _bench_time.time(), flush=True)\n${firstImport}` },
+      { search: source.trimEnd().split('\n').at(-1), replace: `${source.trimEnd().split('\n').at(-1)}\nprint("BENCH_T1", _bench_time.time(), flush=True)` },
+    ],
+  },
+});
+const stamps = (log) => ({ t0: 1000 * Number(/BENCH_T0 ([\d.]+)/.exec(log)[1]), t1: 1000 * Number(/BENCH_T1 ([\d.]+)/.exec(log)[1]) });
 const runs = 5;
 const direct = [];
 for (let i = 0; i < runs; i++) {
-  const start = performance.now();
+  const start = Date.now();
   const result = spawnSync(PYTHON, ['-u', 'train.py'], {
     cwd: workspace,
     env: { PATH: process.env.PATH, AUTORESEARCH_DATA_DIR: dataDir, AUTORESEARCH_RESULT_PATH: join(root, `direct-${i}.json`), AUTORESEARCH_RUN_NONCE: 'x' },
-    stdio: 'ignore',
+    encoding: 'utf8',
   });
-  if (result.status !== 0) throw new Error('direct run failed');
-  direct.push(performance.now() - start);
+  const end = Date.now();
+  if (result.status !== 0) throw new Error(`direct run failed: ${result.stderr}`);
+  const { t0, t1 } = stamps(result.stdout);
+  direct.push({ before: t0 - start, after: end - t1, total: end - start });
 }
 const served = [];
-const phases = [];
 for (let i = 0; i < runs; i++) {
-  const start = performance.now();
+  const start = Date.now();
   const run = await client.callTool({ name: 'run_experiment', arguments: { description: `bench ${i}` } });
   const finished = await waitFinished(client, run.structuredContent.experiment.id);
-  served.push(performance.now() - start);
+  const end = Date.now();
   if (finished.status !== 'succeeded') throw new Error(`served run ${i} ${finished.status}: ${finished.error}`);
-  phases.push({
-    queued_to_started_ms: Date.parse(finished.started_at) - Date.parse(finished.queued_at),
-    started_to_finished_ms: Date.parse(finished.finished_at) - Date.parse(finished.started_at),
-  });
+  const log = await client.callTool({ name: 'get_run_log', arguments: { experiment_id: finished.id, lines: 2000 } });
+  const { t0, t1 } = stamps(log.structuredContent.log);
+  served.push({ before: t0 - start, after: end - t1, total: end - start });
 }
 await client.close();
-const overhead = served.map((t) => t - quantile(direct, 0.5));
+const median = (rows, key) => +quantile(rows.map((r) => r[key]), 0.5).toFixed(1);
+const overhead = served.map((r) => r.before + r.after - (median(direct, 'before') + median(direct, 'after')));
 
 // 3. get_results with 10,000 stored experiments.
 const big = join(root, 'big');
@@ -125,11 +141,10 @@ const report = {
   date: new Date().toISOString(),
   read_only_latency_stdio: latency,
   experiment_overhead: {
-    direct_run_median_ms: +quantile(direct, 0.5).toFixed(1),
-    served_run_median_ms: +quantile(served, 0.5).toFixed(1),
     overhead_median_ms: +quantile(overhead, 0.5).toFixed(1),
-    phases,
-    note: 'served = run_experiment call until get_results reports it finished (includes one 30 s-bounded wait that returns on completion); direct = the same train.py started by hand',
+    served: { before_first_statement_ms: median(served, 'before'), after_last_statement_ms: median(served, 'after'), total_ms: median(served, 'total') },
+    direct: { before_first_statement_ms: median(direct, 'before'), after_last_statement_ms: median(direct, 'after'), total_ms: median(direct, 'total') },
+    note: 'served: from the run_experiment call to train.py\'s first statement, and from its last statement until get_results reports the result; direct: the same gaps when the script is started by hand (interpreter start and exit). overhead = served - direct.',
   },
   get_results_with_10000_experiments: { insert_seconds: +insertSeconds.toFixed(2), ...many },
 };

@@ -116,44 +116,45 @@ def rotate(x, cos, sin):
     return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
 
 
-_masks = {}  # cache: (kind, T, window, device) -> boolean mask or flex BlockMask
+_bool_masks = {}   # (T, window, device) -> (T, T) bool mask, True where a query may attend
+_flex_masks = {}   # (T, window) -> FlexAttention BlockMask, built before torch.compile traces the model
 
 
 def window_mask(T, window, device):
     """Boolean (T, T) mask: query i sees keys j with i - window < j <= i."""
-    key = ("bool", T, window, str(device))
-    if key not in _masks:
+    key = (T, window, str(device))
+    if key not in _bool_masks:
         i = torch.arange(T, device=device)[:, None]
         j = torch.arange(T, device=device)[None, :]
-        _masks[key] = (j <= i) & (i - j < window)
-    return _masks[key]
+        _bool_masks[key] = (j <= i) & (i - j < window)
+    return _bool_masks[key]
 
 
-def flex_window_mask(T, window):
-    """Block-sparse sliding-window causal mask for FlexAttention (built outside torch.compile)."""
-    key = ("flex", T, window, "cuda")
-    if key not in _masks:
-        def sliding_causal(b, h, q, k):
-            return (k <= q) & (q - k < window)
-        _masks[key] = create_block_mask(sliding_causal, B=None, H=None, Q_LEN=T, KV_LEN=T, device="cuda")
-    return _masks[key]
+def build_flex_masks(T, windows):
+    """Block-sparse masks for the sliding windows (CUDA): blocks wholly outside a window are skipped."""
+    def sliding_causal(window):
+        def mask_mod(b, h, q_idx, kv_idx):
+            return (kv_idx <= q_idx) & (q_idx - kv_idx < window)
+        return mask_mod
+    for window in set(windows):
+        if window < T and (T, window) not in _flex_masks:
+            _flex_masks[(T, window)] = create_block_mask(
+                sliding_causal(window), B=None, H=None, Q_LEN=T, KV_LEN=T, device="cuda")
 
 
 def attention(q, k, v, window):
     """Causal attention over (B, H, T, D) tensors, each query seeing at most `window` keys."""
     T = q.size(2)
-    if window >= T:
-        if HAS_SDPA:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        mask = window_mask(T, T, q.device)
-    elif HAS_FLEX and is_compiling() and ("flex", T, window, "cuda") in _masks:
-        return flex_attention(q, k, v, block_mask=_masks[("flex", T, window, "cuda")])
-    else:
-        mask = window_mask(T, window, q.device)
+    if window >= T and HAS_SDPA:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if (T, window) in _flex_masks and is_compiling():   # FlexAttention is only fast when compiled
+        return flex_attention(q, k, v, block_mask=_flex_masks[(T, window)])
+    mask = window_mask(T, min(window, T), q.device)
     if HAS_SDPA:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    scores = (q @ k.transpose(-2, -1)) * (q.size(-1) ** -0.5)
-    scores = scores.masked_fill(~mask, float("-inf"))
+    # plain attention for torch without SDPA (1.x); in-place masking saves a (T, T) buffer per head
+    scores = (q * q.size(-1) ** -0.5) @ k.transpose(-2, -1)
+    scores.masked_fill_(~mask, float("-inf"))
     return scores.softmax(dim=-1) @ v
 
 
@@ -353,9 +354,7 @@ optimizers = build_optimizers(model)
 num_params = sum(p.numel() for p in model.parameters())
 flops_per_token = model.flops_per_token()
 if HAS_FLEX:
-    for w in set(model.windows):
-        if w < SEQ_LEN:
-            flex_window_mask(SEQ_LEN, w)
+    build_flex_masks(SEQ_LEN, model.windows)
 train_model = torch.compile(model, dynamic=False) if USE_COMPILE else model
 train_loader = make_dataloader(DEVICE_BATCH, SEQ_LEN, DEVICE)
 

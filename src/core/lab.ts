@@ -3,10 +3,10 @@ import { existsSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { UserError } from './errors.js';
-import { contentHash } from './hashing.js';
+import { contentHash, FileHashCache, sha256 } from './hashing.js';
 import { applySearchReplace, applyUnifiedDiff, diffStat, unifiedDiff } from './patch.js';
 import { stateDir } from './paths.js';
-import { checkTrainPy } from './rules.js';
+import { checkTrainPy, type Violation } from './rules.js';
 import { ProcessRunner, readLogTail, type RunProgress, type Slot } from './runner.js';
 import { Store, type Experiment, type ExperimentStatus } from './store.js';
 import { BASELINE_BRANCH, SESSION_BRANCH_PREFIX, TRAIN_FILE, Workspace, validateSessionTag } from './workspace.js';
@@ -60,6 +60,9 @@ export type DecisionAction = 'keep' | 'discard' | 'auto';
 export class Lab extends EventEmitter {
   private readonly running = new Map<number, Promise<void>>();
   private readonly busySlots = new Map<number, number>();
+  private readonly checkedTexts = new Map<string, Violation[]>();
+  /** For the status view only; runs always re-hash every byte. */
+  private readonly statusHashes = new FileHashCache();
   private mutationChain: Promise<unknown> = Promise.resolve();
   private closed = false;
 
@@ -174,6 +177,23 @@ export class Lab extends EventEmitter {
 
   // ---- patching ------------------------------------------------------------------------------
 
+  /**
+   * Static rules for a train.py text. The check is a pure function of the text, so results are
+   * remembered by content hash: run_experiment after apply_patch does not pay for it twice.
+   */
+  private async violationsOf(text: string): Promise<Violation[]> {
+    const key = sha256(text);
+    const known = this.checkedTexts.get(key);
+    if (known) return known;
+    const violations = await checkTrainPy(text, this.meta.python);
+    // A checker that could not run says nothing about the text: never remember that.
+    if (!violations.some((v) => v.rule === 'inspector')) {
+      this.checkedTexts.set(key, violations);
+      if (this.checkedTexts.size > 64) this.checkedTexts.delete(this.checkedTexts.keys().next().value as string);
+    }
+    return violations;
+  }
+
   async applyPatch(input: {
     diff?: string;
     edits?: { search: string; replace: string }[];
@@ -194,7 +214,7 @@ export class Lab extends EventEmitter {
       const applied = input.diff !== undefined ? applyUnifiedDiff(before, input.diff) : applySearchReplace(before, input.edits ?? []);
       if (!applied.ok) throw new UserError(applied.error);
       const after = applied.text;
-      const violations = await checkTrainPy(after, this.meta.python);
+      const violations = await this.violationsOf(after);
       if (violations.length > 0) {
         throw new UserError(
           `The patched train.py breaks ${violations.length} rule(s); nothing was written:\n` +
@@ -263,13 +283,7 @@ export class Lab extends EventEmitter {
       const head = await this.workspace.headCommit();
       const warnings: string[] = [];
       const text = input.rebaseOf !== undefined ? await this.rebasedTrainPy(input.rebaseOf, head) : await this.workspace.readTrainPy();
-      const tree = await this.workspace.workingTreeState();
-      if (tree.strayChanges.length > 0) {
-        warnings.push(
-          `Files other than train.py differ from the branch and are NOT part of this experiment: ${tree.strayChanges.join(', ')}.`,
-        );
-      }
-      const violations = await checkTrainPy(text, this.meta.python);
+      const violations = await this.violationsOf(text);
       const base = {
         sessionTag: session.tag,
         description,
@@ -287,7 +301,20 @@ export class Lab extends EventEmitter {
         );
       }
       const created = this.store.createExperiment({ ...base, status: 'queued' });
-      const commit = await this.workspace.commitCandidate(created.id, head, text, `exp ${created.id}: ${description}`);
+      let commit: string;
+      let tree: Awaited<ReturnType<Workspace['workingTreeState']>>;
+      try {
+        [commit, tree] = await Promise.all([
+          this.workspace.commitCandidate(created.id, head, text, `exp ${created.id}: ${description}`),
+          this.workspace.workingTreeState(),
+        ]);
+      } catch (error) {
+        this.finish(created.id, { status: 'crashed', error: `could not commit the candidate: ${(error as Error).message}`, finishedAt: Date.now() });
+        throw error;
+      }
+      if (tree.strayChanges.length > 0) {
+        warnings.push(`Files other than train.py differ from the branch and are NOT part of this experiment: ${tree.strayChanges.join(', ')}.`);
+      }
       const runDir = join(stateDir(this.workspace.dir), 'runs', String(created.id));
       this.store.setCandidate(created.id, {
         candidateCommit: commit,
@@ -331,7 +358,6 @@ export class Lab extends EventEmitter {
       const run = this.execute(next, slot).finally(() => {
         this.busySlots.delete(slot.index);
         this.running.delete(next.id);
-        this.emit('finished', next.id);
         this.pump();
       });
       this.running.set(next.id, run);
@@ -348,11 +374,7 @@ export class Lab extends EventEmitter {
       if (!experiment.candidateCommit) throw new Error('no candidate commit');
       cwd = await this.workspace.addWorktree(id, experiment.candidateCommit);
     } catch (error) {
-      this.store.markFinished(id, {
-        status: 'crashed',
-        error: `could not create the run's worktree: ${(error as Error).message}`,
-        finishedAt: Date.now(),
-      });
+      this.finish(id, { status: 'crashed', error: `could not create the run's worktree: ${(error as Error).message}`, finishedAt: Date.now() });
       return;
     }
     try {
@@ -361,7 +383,7 @@ export class Lab extends EventEmitter {
       );
       const summary = outcome.summary;
       const record = outcome.record;
-      this.recordOutcome(id, {
+      this.finish(id, {
         status: outcome.status,
         error: outcome.error,
         exitCode: outcome.exitCode,
@@ -390,13 +412,19 @@ export class Lab extends EventEmitter {
           isError: true,
         });
       }
+    } catch (error) {
+      this.finish(id, { status: 'crashed', error: `the server could not run it: ${(error as Error).message}`, finishedAt: Date.now() });
     } finally {
+      // Waiters already have the result; the slot frees once the worktree is gone.
       await this.workspace.removeWorktree(id).catch(() => undefined);
     }
   }
 
-  /** Stores a run's outcome; if the store refuses it, the run is still closed as crashed, never left running. */
-  private recordOutcome(id: number, finished: Parameters<Store['markFinished']>[1]): void {
+  /**
+   * Stores an outcome and wakes the waiters at once. If the store refuses the outcome the run is
+   * still closed as crashed, never left running.
+   */
+  private finish(id: number, finished: Parameters<Store['markFinished']>[1]): void {
     try {
       this.store.markFinished(id, finished);
     } catch (error) {
@@ -406,12 +434,13 @@ export class Lab extends EventEmitter {
         finishedAt: finished.finishedAt ?? Date.now(),
       });
     }
+    this.emit('finished', id);
   }
 
   async cancel(id: number): Promise<Experiment> {
     const experiment = this.experiment(id);
     if (experiment.status === 'queued') {
-      this.store.markFinished(id, { status: 'cancelled', error: 'cancelled before it started', finishedAt: Date.now() });
+      this.finish(id, { status: 'cancelled', error: 'cancelled before it started', finishedAt: Date.now() });
       return this.experiment(id);
     }
     if (experiment.status === 'running') {
@@ -549,7 +578,7 @@ export class Lab extends EventEmitter {
     const tree = await this.workspace.workingTreeState();
     const sessionTag = branch.startsWith(SESSION_BRANCH_PREFIX) ? branch.slice(SESSION_BRANCH_PREFIX.length) : undefined;
     const best = this.best(sessionTag);
-    const drift = await this.runner.harnessDrift(this.workspace.dir);
+    const drift = await this.runner.harnessDrift(this.workspace.dir, (path) => this.statusHashes.hash(path));
     const queued = this.store.listExperiments({ status: 'queued', order: 'id', ascending: true }).map((e) => e.id);
     return {
       workspace: this.workspace.dir,
@@ -590,7 +619,7 @@ export class Lab extends EventEmitter {
       return;
     }
     for (const experiment of this.store.listExperiments({ status: 'queued', order: 'id' })) {
-      this.store.markFinished(experiment.id, { status: 'cancelled', error: 'server stopped before it ran', finishedAt: Date.now() });
+      this.finish(experiment.id, { status: 'cancelled', error: 'server stopped before it ran', finishedAt: Date.now() });
     }
     this.runner.stopAll('cancelled');
     await Promise.allSettled([...this.running.values()]);

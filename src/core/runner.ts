@@ -172,11 +172,11 @@ export class ProcessRunner extends EventEmitter {
   }
 
   /** Hashes every pinned file as the run in `cwd` sees it; returns the names that differ. */
-  async harnessDrift(cwd: string): Promise<string[]> {
+  async harnessDrift(cwd: string, hash: (path: string) => Promise<string> = sha256File): Promise<string[]> {
     const drift: string[] = [];
     for (const [name, pinned] of Object.entries(this.options.pins)) {
       const path = this.options.pinnedFilePath(name, cwd);
-      const actual = existsSync(path) ? await sha256File(path) : 'missing';
+      const actual = existsSync(path) ? await hash(path) : 'missing';
       if (actual !== pinned) drift.push(name);
     }
     return drift;

@@ -56,11 +56,21 @@ export class Workspace {
     return join(this.dir, TRAIN_FILE);
   }
 
+  /**
+   * HEAD and the branch ref are read straight from .git (a file read instead of a git process:
+   * read-only tools call these on every request); anything unusual falls back to git.
+   */
   async currentBranch(): Promise<string> {
+    const head = await readFile(join(this.dir, '.git', 'HEAD'), 'utf8').catch(() => '');
+    const match = /^ref: refs\/heads\/(.+)\n?$/.exec(head);
+    if (match) return match[1];
     return (await this.git.raw(['symbolic-ref', '--short', 'HEAD'])).trim();
   }
 
   async headCommit(): Promise<string> {
+    const branch = await this.currentBranch();
+    const loose = await readFile(join(this.dir, '.git', 'refs', 'heads', ...branch.split('/')), 'utf8').catch(() => '');
+    if (/^[0-9a-f]{40,64}\n?$/.test(loose)) return loose.trim();
     return (await this.git.raw(['rev-parse', '--verify', 'HEAD^{commit}'])).trim();
   }
 
@@ -119,34 +129,38 @@ export class Workspace {
   }
 
   /**
-   * Commits `trainPy` on top of `parent` without touching the index or the working tree
-   * (a private index file), and pins it under refs/autoresearch/experiments/<id>.
+   * Commits `trainPy` on top of `parent` as refs/autoresearch/experiments/<id>, without touching
+   * the index, the working tree or the branch. One `git fast-import` does the blob, the tree
+   * (the parent's, with only train.py replaced), the commit and the ref: run_experiment sits on
+   * this path, and each git process costs tens of milliseconds.
    */
   async commitCandidate(experimentId: number, parent: string, trainPy: string, message: string): Promise<string> {
     const bad = validateCommitId(parent);
     if (bad) throw new UserError(bad);
     const scratch = await mkdtemp(join(tmpdir(), 'autoresearch-commit-'));
     try {
-      const blobFile = join(scratch, 'train.py');
-      await writeFile(blobFile, trainPy, 'utf8');
-      const env = {
-        PATH: process.env.PATH ?? '/usr/bin:/bin',
-        HOME: process.env.HOME ?? tmpdir(),
-        GIT_INDEX_FILE: join(scratch, 'index'),
-        GIT_AUTHOR_NAME: GIT_IDENTITY.name,
-        GIT_AUTHOR_EMAIL: GIT_IDENTITY.email,
-        GIT_COMMITTER_NAME: GIT_IDENTITY.name,
-        GIT_COMMITTER_EMAIL: GIT_IDENTITY.email,
-      };
-      // Plumbing with a private GIT_INDEX_FILE: simple-git guards that variable, so call git directly.
-      const git = async (args: string[]) =>
-        (await execa('git', args, { cwd: this.dir, env, extendEnv: false, stdin: 'ignore' })).stdout.trim();
-      const blob = await git(['hash-object', '-w', '--', blobFile]);
-      await git(['read-tree', parent]);
-      await git(['update-index', '--add', '--cacheinfo', `100644,${blob},${TRAIN_FILE}`]);
-      const tree = await git(['write-tree']);
-      const commit = await git(['commit-tree', tree, '-p', parent, '-m', message]);
-      await this.git.raw(['update-ref', `${EXPERIMENT_REF_PREFIX}${experimentId}`, commit]);
+      const marks = join(scratch, 'marks');
+      const seconds = Math.floor(Date.now() / 1000);
+      const data = (text: string) => `data ${Buffer.byteLength(text)}\n${text}\n`;
+      const stream =
+        `commit ${EXPERIMENT_REF_PREFIX}${experimentId}\n` +
+        'mark :1\n' +
+        `author ${GIT_IDENTITY.name} <${GIT_IDENTITY.email}> ${seconds} +0000\n` +
+        `committer ${GIT_IDENTITY.name} <${GIT_IDENTITY.email}> ${seconds} +0000\n` +
+        data(message) +
+        `from ${parent}\n` +
+        `M 100644 inline ${TRAIN_FILE}\n` +
+        data(trainPy) +
+        'done\n';
+      // --force: the experiment ref is new, but fast-import refuses to "move" a ref it did not create.
+      await execa('git', ['fast-import', '--quiet', '--done', '--force', `--export-marks=${marks}`], {
+        cwd: this.dir,
+        input: stream,
+        env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? tmpdir() },
+        extendEnv: false,
+      });
+      const commit = /^:1 ([0-9a-f]{40,64})$/m.exec(await readFile(marks, 'utf8'))?.[1];
+      if (!commit) throw new Error('git fast-import did not report the candidate commit');
       return commit;
     } finally {
       await rm(scratch, { recursive: true, force: true });
