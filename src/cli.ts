@@ -150,36 +150,24 @@ async function main(argv: string[]): Promise<number> {
       process.stdout.write(`${JSON.stringify({ ...python, profile: python.cuda ? 'gpu' : 'cpu' }, null, 2)}\n`);
       return 0;
     }
-    case 'status': {
-      const lab = await openLab(flags, 'inspect');
-      try {
+    case 'status':
+      return inspectLab(flags, async (lab) => {
         process.stdout.write(`${JSON.stringify(await lab.status(), null, 2)}\n`);
-      } finally {
-        await lab.close();
-      }
-      return 0;
-    }
-    case 'results': {
-      const lab = await openLab(flags, 'inspect');
-      try {
+        return 0;
+      });
+    case 'results':
+      return inspectLab(flags, async (lab) => {
         if (flags.tsv) process.stdout.write(await lab.resultsTsv(await lab.currentSessionTag()));
         else process.stdout.write(`${JSON.stringify(lab.store.listExperiments({ order: 'id', ascending: true }), null, 2)}\n`);
-      } finally {
-        await lab.close();
-      }
-      return 0;
-    }
-    case 'report': {
-      const lab = await openLab(flags, 'inspect');
-      try {
+        return 0;
+      });
+    case 'report':
+      return inspectLab(flags, async (lab) => {
         const out = resolve(flags.out ?? `${lab.workspace.dir}/.autoresearch/report.html`);
         await writeReport(lab, out);
         process.stderr.write(`Report written: ${out}\n`);
-      } finally {
-        await lab.close();
-      }
-      return 0;
-    }
+        return 0;
+      });
     case 'audit':
       return auditCommand(flags, rest[0] ?? 'list');
     case 'demo': {
@@ -195,9 +183,18 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-async function auditCommand(flags: Flags, action: string): Promise<number> {
+/** Runs a read-only command on the lab (safe beside a running server) and closes it. */
+async function inspectLab(flags: Flags, command: (lab: Lab) => Promise<number>): Promise<number> {
   const lab = await openLab(flags, 'inspect');
   try {
+    return await command(lab);
+  } finally {
+    await lab.close();
+  }
+}
+
+function auditCommand(flags: Flags, action: string): Promise<number> {
+  return inspectLab(flags, async (lab) => {
     const audit = lab.store.audit;
     const filter = { tool: flags.tool, limit: positiveInt(flags.limit, 'limit') };
     if (action === 'verify') {
@@ -225,9 +222,7 @@ async function auditCommand(flags: Flags, action: string): Promise<number> {
     }
     if (out !== process.stdout) out.end();
     return 0;
-  } finally {
-    await lab.close();
-  }
+  });
 }
 
 main(process.argv.slice(2)).then(
