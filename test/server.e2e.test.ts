@@ -221,6 +221,23 @@ describe('server over stdio (smoke profile)', () => {
     expect((await ok(server.client, 'commit_or_revert', { experiment_id: rebased.experiment.id, action: 'keep' })).decision).toBe('keep');
   }, 180_000);
 
+  it('measures noise from repeated runs of one train.py and flags gains within it', async () => {
+    await ok(server.client, 'start_session', { tag: 'noise' });
+    expect((await ok(server.client, 'get_results', { limit: 1 })).noise).toBeNull();
+    const first = await ok(server.client, 'run_experiment', { description: 'baseline' });
+    const second = await ok(server.client, 'run_experiment', { description: 'baseline again' });
+    const a = await waitFinished(server.client, first.experiment.id);
+    const b = await waitFinished(server.client, second.experiment.id);
+    const { noise } = await ok(server.client, 'get_results', { limit: 1 });
+    expect(noise).toEqual({ sigma: expect.any(Number), programs: 1, runs: 2 });
+    expect(noise.sigma).toBeCloseTo(Math.abs(a.val_bpb - b.val_bpb) / Math.SQRT2, 9);
+    await ok(server.client, 'commit_or_revert', { experiment_id: a.id, action: 'keep' });
+    const decided = await ok(server.client, 'commit_or_revert', { experiment_id: b.id, action: 'auto', min_improvement: 0.5 });
+    expect(decided.decision).toBe('discard');
+    expect(decided.reason).toMatch(/by more than 0.5/);
+    expect(decided.noise.runs).toBe(2);
+  }, 120_000);
+
   it('cancels a queued experiment and a running one', async () => {
     const first = await ok(server.client, 'run_experiment', { description: 'to be stopped' });
     const second = await ok(server.client, 'run_experiment', { description: 'never starts' });

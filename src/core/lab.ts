@@ -286,6 +286,7 @@ export class Lab extends EventEmitter {
       const violations = await this.violationsOf(text);
       const base = {
         sessionTag: session.tag,
+        trainHash: contentHash(text),
         description,
         parentCommit: head,
         rebaseOf: input.rebaseOf,
@@ -503,11 +504,25 @@ export class Lab extends EventEmitter {
     return this.store.bestExperiment(sessionTag);
   }
 
+  /** Seed-to-seed noise of this session, from repeated runs of the same train.py. */
+  noise(sessionTag?: string): Noise | null {
+    return sessionTag ? pooledNoise(this.store.repeatedResults(sessionTag)) : null;
+  }
+
   async decide(
     id: number,
     action: DecisionAction,
     caller: Caller,
-  ): Promise<{ experiment: Experiment; decision: 'keep' | 'discard'; reason: string; head: string; restoredTrainPy: boolean }> {
+    minImprovement = 0,
+  ): Promise<{
+    experiment: Experiment;
+    decision: 'keep' | 'discard';
+    reason: string;
+    head: string;
+    restoredTrainPy: boolean;
+    noise: Noise | null;
+    withinNoise: boolean | null;
+  }> {
     return this.exclusive(async () => {
       const experiment = this.experiment(id);
       if (experiment.decision) {
@@ -536,13 +551,17 @@ export class Lab extends EventEmitter {
       } else if (best === undefined) {
         decision = 'keep';
         reason = 'first result of the session: the baseline to beat';
-      } else if ((experiment.valBpb ?? Infinity) < (best.valBpb ?? Infinity)) {
+      } else if ((experiment.valBpb ?? Infinity) < (best.valBpb ?? Infinity) - minImprovement) {
         decision = 'keep';
-        reason = `val_bpb ${fmt(experiment.valBpb)} < best ${fmt(best.valBpb)} (experiment ${best.id})`;
+        reason = `val_bpb ${fmt(experiment.valBpb)} < best ${fmt(best.valBpb)} (experiment ${best.id})${minImprovement > 0 ? ` by more than ${minImprovement}` : ''}`;
       } else {
         decision = 'discard';
-        reason = `val_bpb ${fmt(experiment.valBpb)} is not below best ${fmt(best.valBpb)} (experiment ${best.id})`;
+        reason = `val_bpb ${fmt(experiment.valBpb)} is not below best ${fmt(best.valBpb)} (experiment ${best.id})${minImprovement > 0 ? ` by more than ${minImprovement}` : ''}`;
       }
+      const noise = this.noise(experiment.sessionTag);
+      const gain = best?.valBpb != null && experiment.valBpb != null ? best.valBpb - experiment.valBpb : null;
+      // Advisory: a gain smaller than twice the measured noise may be luck; re-run to confirm.
+      const withinNoise = noise && gain !== null && gain > 0 ? gain < 2 * noise.sigma : null;
 
       let restoredTrainPy = false;
       if (decision === 'keep') {
@@ -566,7 +585,7 @@ export class Lab extends EventEmitter {
       }
       this.store.setDecision(id, decision, reason);
       void caller;
-      return { experiment: this.experiment(id), decision, reason, head: await this.workspace.headCommit(), restoredTrainPy };
+      return { experiment: this.experiment(id), decision, reason, head: await this.workspace.headCommit(), restoredTrainPy, noise, withinNoise };
     });
   }
 
@@ -669,6 +688,33 @@ function releaseServerLock(workspace: string): void {
   } catch {
     // Already gone.
   }
+}
+
+export interface Noise {
+  /** Pooled standard deviation of val_bpb over repeated runs of the same train.py. */
+  sigma: number;
+  /** Distinct train.py texts run more than once, and the runs among them. */
+  programs: number;
+  runs: number;
+}
+
+/** Pooled standard deviation over groups of runs of one program; null without any repeat. */
+export function pooledNoise(results: { trainHash: string; valBpb: number }[]): Noise | null {
+  const groups = new Map<string, number[]>();
+  for (const { trainHash, valBpb } of results) groups.set(trainHash, [...(groups.get(trainHash) ?? []), valBpb]);
+  let squares = 0;
+  let degrees = 0;
+  let runs = 0;
+  let programs = 0;
+  for (const values of groups.values()) {
+    if (values.length < 2) continue;
+    const mean = values.reduce((a, b) => a + b, 0) / values.length;
+    squares += values.reduce((sum, v) => sum + (v - mean) ** 2, 0);
+    degrees += values.length - 1;
+    runs += values.length;
+    programs += 1;
+  }
+  return degrees === 0 ? null : { sigma: Math.sqrt(squares / degrees), programs, runs };
 }
 
 function fmt(value: number | null | undefined): string {

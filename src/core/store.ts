@@ -42,6 +42,8 @@ export interface RunMetrics {
 
 export interface Experiment extends RunMetrics {
   id: number;
+  /** Content hash of the train.py it ran: equal hashes are repeats of one program. */
+  trainHash: string | null;
   sessionTag: string;
   description: string;
   status: ExperimentStatus;
@@ -70,6 +72,7 @@ export interface Experiment extends RunMetrics {
 
 export interface NewExperiment {
   sessionTag: string;
+  trainHash?: string | null;
   description: string;
   parentCommit: string;
   /** 'rejected' records a candidate refused before it could run (it never enters the queue). */
@@ -225,10 +228,16 @@ const MIGRATIONS: readonly string[] = [
   CREATE INDEX experiments_by_status_val_bpb ON experiments (status, val_bpb IS NULL, val_bpb, id);
   ${AUDIT_LOG_SCHEMA}
   `,
+  // 2: the content hash of the train.py an experiment ran, so repeated runs of one text show the noise.
+  `
+  ALTER TABLE experiments ADD COLUMN train_hash TEXT;
+  CREATE INDEX experiments_train_hash ON experiments (session_tag, train_hash);
+  `,
 ];
 
 interface ExperimentRecord {
   id: number;
+  train_hash: string | null;
   session_tag: string;
   description: string;
   status: ExperimentStatus;
@@ -409,9 +418,9 @@ export class Store {
       id = Number(
         this.prepare(
             `INSERT INTO experiments (session_tag, description, status, parent_commit, candidate_commit, rebase_of,
-                                      error, queued_at, finished_at, duration_ms, mcp_session_id, client_name)
+                                      error, queued_at, finished_at, duration_ms, mcp_session_id, client_name, train_hash)
              VALUES (@sessionTag, @description, @status, @parentCommit, @candidateCommit, @rebaseOf,
-                     @error, @queuedAt, @finishedAt, @durationMs, @mcpSessionId, @clientName)`,
+                     @error, @queuedAt, @finishedAt, @durationMs, @mcpSessionId, @clientName, @trainHash)`,
           )
           .run({
             sessionTag: input.sessionTag,
@@ -427,6 +436,7 @@ export class Store {
             durationMs: status === 'rejected' ? 0 : null,
             mcpSessionId: input.mcpSessionId ?? null,
             clientName: input.clientName ?? null,
+            trainHash: input.trainHash ?? null,
           }).lastInsertRowid,
       );
     } catch (error) {
@@ -627,6 +637,17 @@ export class Store {
     return this.lowestValBpb("status = 'succeeded'", session);
   }
 
+  /** val_bpb of every succeeded run whose train.py ran more than once in the session (repeats). */
+  repeatedResults(session: string): { trainHash: string; valBpb: number }[] {
+    return this.prepare(
+      `SELECT train_hash AS trainHash, val_bpb AS valBpb FROM experiments
+        WHERE session_tag = @session AND status = 'succeeded' AND train_hash IN (
+          SELECT train_hash FROM experiments
+           WHERE session_tag = @session AND status = 'succeeded' AND train_hash IS NOT NULL
+           GROUP BY train_hash HAVING count(*) > 1)`,
+    ).all({ session }) as { trainHash: string; valBpb: number }[];
+  }
+
   /** Count per status, every status present (zero when none). */
   countByStatus(session?: string): Record<ExperimentStatus, number> {
     const counts = Object.fromEntries(EXPERIMENT_STATUSES.map((status) => [status, 0])) as Record<ExperimentStatus, number>;
@@ -690,6 +711,7 @@ function migrate(db: Database.Database): void {
 function toExperiment(record: ExperimentRecord): Experiment {
   return {
     id: record.id,
+    trainHash: record.train_hash,
     sessionTag: record.session_tag,
     description: record.description,
     status: record.status,

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { MAX_WAIT_SECONDS } from '../core/lab.js';
 import { defineTool } from './define.js';
-import { experimentIdArg, experimentShape, experimentView } from './shapes.js';
+import { experimentIdArg, experimentShape, experimentView, noiseShape } from './shapes.js';
 
 const statusEnum = z.enum(['queued', 'running', 'succeeded', 'crashed', 'timed_out', 'cancelled', 'rejected']);
 
@@ -28,6 +28,7 @@ export const getResults = defineTool({
     branch: z.string(),
     head: z.string(),
     counts: z.record(z.string(), z.number()),
+    noise: noiseShape,
     tsv: z.string().nullable(),
   },
   kind: 'read',
@@ -70,6 +71,7 @@ export const getResults = defineTool({
       branch: await lab.workspace.currentBranch(),
       head: await lab.workspace.headCommit(),
       counts: lab.store.countByStatus(),
+      noise: lab.noise(session),
       tsv: args.format === 'tsv' ? await lab.resultsTsv(session) : null,
     };
     return { structured, text: args.format === 'tsv' ? (structured.tsv ?? '') : undefined };

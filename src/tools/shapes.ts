@@ -67,3 +67,12 @@ export function experimentView(e: Experiment, liveProgress?: { step: number; per
 }
 
 export const experimentIdArg = z.number().int().positive().describe('Experiment id, as returned by run_experiment');
+
+export const noiseShape = z
+  .object({
+    sigma: z.number().describe('Pooled standard deviation of val_bpb over repeated runs of one train.py'),
+    programs: z.number().int(),
+    runs: z.number().int(),
+  })
+  .nullable()
+  .describe('Measured seed-to-seed noise of this session; null until some train.py has run twice (re-run the unmodified head to measure it)');
