@@ -83,6 +83,9 @@ def run_once(python, data_dir, workdir):
     step_rates = [float(m.group(4).replace(",", "")) for m in map(PROGRESS_RE.match, proc.stdout.splitlines()) if m]
     header = next((line for line in proc.stdout.splitlines() if line.startswith("device:")), "")
     training = summary["training_seconds"]
+    # total_tokens_M is printed with one decimal: count tokens from the steps and the header's batch
+    batch = re.search(r"= (\d+) tokens", header)
+    tokens = summary["num_steps"] * int(batch.group(1)) if batch else summary["total_tokens_M"] * 1e6
     return {
         "wall_seconds": round(wall, 2),
         "val_bpb": record["val_bpb"],
@@ -90,7 +93,7 @@ def run_once(python, data_dir, workdir):
         "total_seconds": summary["total_seconds"],
         "startup_and_eval_seconds": round(summary["total_seconds"] - training, 2),
         "eval_seconds": record["eval_seconds"],
-        "tokens_per_second": round(summary["total_tokens_M"] * 1e6 / training) if training else 0,
+        "tokens_per_second": round(tokens / training) if training else 0,
         "median_step_tokens_per_second": sorted(step_rates)[len(step_rates) // 2] if step_rates else None,
         "mfu_percent": summary["mfu_percent"],
         "peak_vram_mb": summary["peak_vram_mb"],

@@ -1,4 +1,3 @@
-import Database from 'better-sqlite3';
 import { execa } from 'execa';
 import { readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
@@ -6,17 +5,12 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { tryOneIdea } from '../examples/scripted-client.js';
 import { constantEdit, parsePlan, PlanError, sweepPlan, trainConstants } from '../src/agent/plan.js';
-import { CLI, makeWorkspace, ROOT } from './helpers.js';
+import { CLI, makeWorkspace, queryState, ROOT } from './helpers.js';
 
 const TRAIN = readFileSync(join(ROOT, 'python', 'train.py'), 'utf8');
 
 function experiments(workspace: string): { description: string; status: string; decision: string | null; client_name: string }[] {
-  const db = new Database(join(workspace, '.autoresearch', 'state.db'), { readonly: true });
-  try {
-    return db.prepare('SELECT description, status, decision, client_name FROM experiments ORDER BY id').all() as never;
-  } finally {
-    db.close();
-  }
+  return queryState(workspace, 'SELECT description, status, decision, client_name FROM experiments ORDER BY id');
 }
 
 describe('plans and sweeps (parsing)', () => {

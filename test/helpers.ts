@@ -1,4 +1,5 @@
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import Database from 'better-sqlite3';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import { existsSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
@@ -85,5 +86,15 @@ export async function waitFinished(client: Client, id: number): Promise<any> {
   for (;;) {
     const result = await ok(client, 'get_results', { experiment_id: id, wait_seconds: 30 });
     if (FINISHED.includes(result.experiments[0].status)) return result.experiments[0];
+  }
+}
+
+/** Rows from a workspace's state database, read-only, as an outside observer would see them. */
+export function queryState<T = any>(workspace: string, sql: string, ...params: unknown[]): T[] {
+  const db = new Database(join(workspace, '.autoresearch', 'state.db'), { readonly: true });
+  try {
+    return db.prepare(sql).all(...params) as T[];
+  } finally {
+    db.close();
   }
 }

@@ -1,8 +1,6 @@
-import Database from 'better-sqlite3';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Workspace } from '../src/core/workspace.js';
-import { connect, fails, makeWorkspace, ok, waitFinished, type Connected } from './helpers.js';
+import { connect, fails, makeWorkspace, ok, queryState, waitFinished, type Connected } from './helpers.js';
 
 /** Replaces the value of a module constant of train.py through a search/replace edit. */
 function setConstant(text: string, name: string, value: (old: number) => string) {
@@ -117,15 +115,13 @@ describe('full research loop over stdio (cpu profile, real training)', () => {
     const refs = await new Workspace(workspace).git.raw(['for-each-ref', '--format=%(refname)', 'refs/autoresearch/discarded/']);
     expect(refs.trim().split('\n')).toHaveLength(3);
 
-    const db = new Database(join(workspace, '.autoresearch', 'state.db'), { readonly: true });
-    const tools = db.prepare("SELECT tool, count(*) AS n FROM audit_log WHERE method = 'tools/call' GROUP BY tool").all() as { tool: string; n: number }[];
+    const tools = queryState<{ tool: string; n: number }>(workspace, "SELECT tool, count(*) AS n FROM audit_log WHERE method = 'tools/call' GROUP BY tool");
     const counts = Object.fromEntries(tools.map((t) => [t.tool, t.n]));
     expect(counts.run_experiment).toBe(5);
     expect(counts.commit_or_revert).toBe(6);
-    const clients = db.prepare("SELECT DISTINCT client_name FROM audit_log WHERE method = 'tools/call'").all() as { client_name: string }[];
+    const clients = queryState(workspace, "SELECT DISTINCT client_name FROM audit_log WHERE method = 'tools/call'");
     expect(clients).toEqual([{ client_name: 'loop-e2e' }]);
-    const events = db.prepare("SELECT method FROM audit_log WHERE kind = 'event'").all() as { method: string }[];
+    const events = queryState<{ method: string }>(workspace, "SELECT method FROM audit_log WHERE kind = 'event'");
     expect(events.map((e) => e.method)).toContain('ceiling_kill');
-    db.close();
   });
 });

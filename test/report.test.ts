@@ -21,6 +21,7 @@ function exp(id: number, fields: Partial<Experiment> = {}): Experiment {
   const finished = fields.status === undefined || !['queued', 'running'].includes(fields.status);
   return {
     id,
+    trainHash: null,
     sessionTag: 'nov27',
     description: `experiment ${id}`,
     status: 'succeeded',

@@ -1,10 +1,9 @@
-import Database from 'better-sqlite3';
 import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, connect, fails, makeWorkspace, ok, waitFinished, type Connected } from './helpers.js';
+import { CLI, connect, fails, makeWorkspace, ok, queryState, waitFinished, type Connected } from './helpers.js';
 
 const TRAIN_LINE = /^SEED = .*$/m;
 
@@ -25,12 +24,7 @@ async function waitUntil(condition: () => boolean | Promise<boolean>, seconds: n
 }
 
 function experimentRow(workspace: string, id: number): any {
-  const db = new Database(join(workspace, '.autoresearch', 'state.db'), { readonly: true });
-  try {
-    return db.prepare('SELECT * FROM experiments WHERE id = ?').get(id);
-  } finally {
-    db.close();
-  }
+  return queryState(workspace, 'SELECT * FROM experiments WHERE id = ?', id)[0];
 }
 
 describe('server over stdio (smoke profile)', () => {

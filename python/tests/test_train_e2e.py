@@ -131,7 +131,9 @@ def test_baseline_cpu_profile(cpu_data, tmp_path):
     uniform_bpb = math.log2(vocab) * record["eval_tokens"] / record["eval_bytes"]
     assert record["val_bpb"] < 0.8 * uniform_bpb, (record["val_bpb"], uniform_bpb)
 
-    tokens = values["total_tokens_M"] * 1e6
+    # total_tokens_M has one decimal: count tokens from the steps and the batch in the header line
+    batch = re.search(r"= (\d+) tokens", proc.stdout)
+    tokens = values["num_steps"] * int(batch.group(1)) if batch else values["total_tokens_M"] * 1e6
     print(f"\n[bench] cpu baseline: wall {wall:.1f} s, training {values['training_seconds']:.1f} s, "
           f"{tokens / values['training_seconds']:,.0f} tok/s, {int(values['num_steps'])} steps, "
           f"val_bpb {record['val_bpb']:.4f} (uniform {uniform_bpb:.3f})")
