@@ -396,12 +396,12 @@ while training_time < TIME_BUDGET:
     if step >= UNTIMED_STEPS:
         training_time += dt
 
+    step += 1
     if not math.isfinite(loss_value) or loss_value > LOSS_LIMIT:
         print(f"FAIL: loss is {loss_value:.6g} at step {step}; "
               f"lower the learning rate or undo the last change", flush=True)
         raise SystemExit(1)
 
-    step += 1
     now = time.time()
     if dt >= LOG_INTERVAL_S or now - last_log >= LOG_INTERVAL_S or step <= 5 or training_time >= TIME_BUDGET:
         last_log = now
@@ -413,8 +413,7 @@ while training_time < TIME_BUDGET:
 # Evaluation and summary
 # -----------------------------------------------------------------------------
 model.eval()
-with autocast():
-    val_bpb = evaluate_bpb(model, DEVICE_BATCH)
+val_bpb = evaluate_bpb(model, DEVICE_BATCH)  # the uncompiled model; the harness applies autocast on CUDA
 
 total_tokens = step * TOTAL_BATCH
 timed_steps = max(0, step - UNTIMED_STEPS)

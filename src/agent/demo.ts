@@ -15,13 +15,13 @@ import { ProgressBar } from './terminal.js';
  * judged by the server's keep rule, exactly as a model's edit would be.
  */
 export function demoPlan(profile: Profile): Plan {
-  const depth = profile === 'gpu' ? '10' : '3';
+  const depth = profile === 'gpu' ? '10' : '2';
   return {
     baseline: true,
     on_crash: 'continue',
     steps: [
       { description: 'raise the Muon matrix learning rate to 0.06', set: { MATRIX_LR: '0.06' } },
-      { description: `${profile === 'gpu' ? 'deeper' : 'shallower'} model: depth ${depth}`, set: { DEPTH: depth } },
+      { description: `deeper model: depth ${depth}`, set: { DEPTH: depth } },
       { description: 'longer warm-down: last 70% of the budget', set: { WARMDOWN_FRAC: '0.7' } },
       { description: 'raise the embedding learning rate to 0.9', set: { EMBED_LR: '0.9' } },
     ],
