@@ -5,6 +5,7 @@ import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
 import { createWriteStream } from 'node:fs';
 import { join } from 'node:path';
 import { PACKAGE_ROOT } from '../core/paths.js';
+import { isFinishedStatus } from '../core/store.js';
 
 export interface Progress {
   progress: number;
@@ -22,7 +23,6 @@ export class ToolError extends Error {
   }
 }
 
-const FINISHED = new Set(['succeeded', 'crashed', 'timed_out', 'cancelled', 'rejected']);
 
 /**
  * A scripted agent's handle on the server: every step goes through the MCP tools, so the same
@@ -74,7 +74,7 @@ export class ResearchClient {
     for (;;) {
       const result = await this.call('get_results', { experiment_id: id, wait_seconds: 45 }, onProgress);
       const experiment = result.experiments[0];
-      if (FINISHED.has(experiment.status)) return experiment;
+      if (isFinishedStatus(experiment.status)) return experiment;
     }
   }
 

@@ -8,7 +8,7 @@ import { applySearchReplace, applyUnifiedDiff, diffStat, unifiedDiff } from './p
 import { stateDir } from './paths.js';
 import { checkTrainPy, type Violation } from './rules.js';
 import { ProcessRunner, readLogTail, type RunProgress, type Slot } from './runner.js';
-import { Store, type Experiment, type ExperimentStatus } from './store.js';
+import { isFinishedStatus, Store, type Experiment } from './store.js';
 import { BASELINE_BRANCH, SESSION_BRANCH_PREFIX, TRAIN_FILE, Workspace, validateSessionTag } from './workspace.js';
 import { resultsTsv } from './report.js';
 
@@ -38,7 +38,6 @@ export interface LabOptions {
 }
 
 export const MAX_WAIT_SECONDS = 50;
-const FINISHED: ExperimentStatus[] = ['succeeded', 'crashed', 'timed_out', 'cancelled', 'rejected'];
 
 /** Files the evaluation depends on; prepare.py is read from each run's worktree, the rest from the data dir. */
 const HARNESS_IN_TREE = new Set(['prepare.py']);
@@ -463,7 +462,7 @@ export class Lab extends EventEmitter {
     signal?: AbortSignal,
   ): Promise<void> {
     const target = id ?? this.store.listExperiments({ status: ['running', 'queued'], order: 'id', limit: 1, ascending: true })[0]?.id;
-    if (target === undefined || FINISHED.includes(this.experiment(target).status)) return;
+    if (target === undefined || isFinishedStatus(this.experiment(target).status)) return;
     const bounded = Math.min(Math.max(seconds, 0), MAX_WAIT_SECONDS);
     await new Promise<void>((resolve) => {
       const done = () => {
@@ -479,7 +478,7 @@ export class Lab extends EventEmitter {
       this.on('finished', onFinished);
       this.on('progress', onRunProgress);
       signal?.addEventListener('abort', done);
-      if (FINISHED.includes(this.experiment(target).status)) done();
+      if (isFinishedStatus(this.experiment(target).status)) done();
     });
   }
 
@@ -512,7 +511,6 @@ export class Lab extends EventEmitter {
   async decide(
     id: number,
     action: DecisionAction,
-    caller: Caller,
     minImprovement = 0,
   ): Promise<{
     experiment: Experiment;
@@ -528,7 +526,7 @@ export class Lab extends EventEmitter {
       if (experiment.decision) {
         throw new UserError(`Experiment ${id} was already decided: ${experiment.decision} (${experiment.decisionReason ?? ''}).`);
       }
-      if (!FINISHED.includes(experiment.status)) {
+      if (!isFinishedStatus(experiment.status)) {
         throw new UserError(`Experiment ${id} is ${experiment.status}; wait for it with get_results(wait_seconds) before deciding.`);
       }
       const branch = await this.workspace.currentBranch();
@@ -584,7 +582,6 @@ export class Lab extends EventEmitter {
         }
       }
       this.store.setDecision(id, decision, reason);
-      void caller;
       return { experiment: this.experiment(id), decision, reason, head: await this.workspace.headCommit(), restoredTrainPy, noise, withinNoise };
     });
   }

@@ -11,7 +11,7 @@ import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import type { AuditSummary, AuditVerification } from './audit.js';
 import type { Lab } from './lab.js';
-import type { Experiment } from './store.js';
+import { isFinishedStatus, type Experiment } from './store.js';
 
 // ---- text helpers ------------------------------------------------------------------------------
 
@@ -57,11 +57,8 @@ function signed(value: number, digits: number): string {
 
 // ---- classification ----------------------------------------------------------------------------
 
-/** Statuses after which an experiment will not change any more (except for its decision). */
-const FINISHED = new Set(['succeeded', 'crashed', 'timed_out', 'cancelled', 'rejected']);
-
 export function isFinished(experiment: Pick<Experiment, 'status'>): boolean {
-  return FINISHED.has(experiment.status);
+  return isFinishedStatus(experiment.status);
 }
 
 /** A finished experiment with a usable metric: it succeeded and recorded a finite val_bpb. */

@@ -13,6 +13,11 @@ export const EXPERIMENT_STATUSES = ['queued', 'running', 'succeeded', 'crashed',
 export type ExperimentStatus = (typeof EXPERIMENT_STATUSES)[number];
 /** The statuses an experiment can end in. */
 export type FinishedStatus = Exclude<ExperimentStatus, 'queued' | 'running'>;
+
+/** Finished: the experiment will not change any more, except for its decision. */
+export function isFinishedStatus(status: string): status is FinishedStatus {
+  return (EXPERIMENT_STATUSES as readonly string[]).includes(status) && status !== 'queued' && status !== 'running';
+}
 export type Decision = 'keep' | 'discard';
 
 /** Last progress line of a running experiment. */

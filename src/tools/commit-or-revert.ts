@@ -28,8 +28,8 @@ export const commitOrRevert = defineTool({
     within_noise: z.boolean().nullable().describe('true: the gain over the best is under twice the measured noise'),
   },
   kind: 'write',
-  async handler(args, { lab, caller }, extra) {
-    const result = await lab.decide(args.experiment_id, args.action, caller(extra), args.min_improvement);
+  async handler(args, { lab }) {
+    const result = await lab.decide(args.experiment_id, args.action, args.min_improvement);
     return {
       structured: {
         decision: result.decision,

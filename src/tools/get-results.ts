@@ -1,9 +1,9 @@
 import { z } from 'zod';
 import { MAX_WAIT_SECONDS } from '../core/lab.js';
+import { EXPERIMENT_STATUSES } from '../core/store.js';
 import { defineTool } from './define.js';
 import { experimentIdArg, experimentShape, experimentView, noiseShape } from './shapes.js';
 
-const statusEnum = z.enum(['queued', 'running', 'succeeded', 'crashed', 'timed_out', 'cancelled', 'rejected']);
 
 export const getResults = defineTool({
   name: 'get_results',
@@ -16,7 +16,7 @@ export const getResults = defineTool({
     'format "tsv" adds the upstream results.tsv view (commit, val_bpb, memory_gb, status, description).',
   input: {
     experiment_id: experimentIdArg.optional(),
-    status: z.array(statusEnum).optional().describe('Only experiments with these statuses'),
+    status: z.array(z.enum(EXPERIMENT_STATUSES)).optional().describe('Only experiments with these statuses'),
     order: z.enum(['recent', 'best']).default('recent').describe('recent: newest first; best: lowest val_bpb first'),
     limit: z.number().int().min(1).max(500).default(20),
     wait_seconds: z.number().min(0).max(MAX_WAIT_SECONDS).default(0),

@@ -1,12 +1,12 @@
 import { z } from 'zod';
-import type { Experiment } from '../core/store.js';
+import { EXPERIMENT_STATUSES, type Experiment } from '../core/store.js';
 
 /** An experiment as tools report it: snake_case, null where unknown. */
 export const experimentShape = z.object({
   id: z.number().int(),
   session: z.string().nullable(),
   description: z.string(),
-  status: z.enum(['queued', 'running', 'succeeded', 'crashed', 'timed_out', 'cancelled', 'rejected']),
+  status: z.enum(EXPERIMENT_STATUSES),
   decision: z.enum(['keep', 'discard']).nullable(),
   decision_reason: z.string().nullable(),
   val_bpb: z.number().nullable(),
