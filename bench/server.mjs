@@ -23,7 +23,7 @@ const summary = (values) => ({ median_ms: +quantile(values, 0.5).toFixed(3), p99
 async function connect(workspace) {
   const transport = new StdioClientTransport({
     command: process.execPath,
-    args: [join(ROOT, 'dist', 'cli.js'), 'serve', '--workspace', workspace],
+    args: [join(ROOT, 'dist', 'cli.js'), 'serve', '--workspace', workspace, '--no-daemon'],
     env: { PATH: process.env.PATH, HOME: process.env.HOME ?? '/tmp' },
     stderr: 'ignore',
   });

@@ -27,7 +27,8 @@ async function waitFor(client: Client, id: number): Promise<Structured> {
 
 export async function tryOneIdea(workspace: string, cliPath = 'dist/cli.js'): Promise<{ baseline: Structured; idea: Structured; decision: string }> {
   const client = new Client({ name: 'scripted-example', version: '1.0.0' });
-  await client.connect(new StdioClientTransport({ command: process.execPath, args: [cliPath, 'serve', '--workspace', workspace], stderr: 'ignore' }));
+  // --no-daemon: a one-shot script owns its runs; without it they would go on in a background lab.
+  await client.connect(new StdioClientTransport({ command: process.execPath, args: [cliPath, 'serve', '--workspace', workspace, '--no-daemon'], stderr: 'ignore' }));
   try {
     await call(client, 'start_session', { tag: `example-${Date.now()}` });
     const baselineRun = await call(client, 'run_experiment', { description: 'baseline' });

@@ -1,11 +1,13 @@
 """
-Pretrain a small GPT for a fixed wall-clock budget and report validation bits per byte.
+Pretrain a small GPT for a fixed training budget; the harness scores it (validation bits per byte).
 
 This is the one file the research agent edits. The harness (prepare.py) is fixed: it owns the
-data, the tokenizer, the time budget and the metric. This script builds a model, trains it
-until TIME_BUDGET seconds of training have elapsed, calls evaluate_bpb and prints a summary.
+data, the tokenizer and the clock. This script builds a model, trains it until the budget is
+nearly used (the supervisor's clock: budget_used()), prints a summary and hands the model over
+with finish_training. The evaluator then scores the exported model in its own process: train.py
+never sees validation data, and nothing it prints is the metric.
 
-Layout: hyperparameters -> device setup -> model -> optimizers -> training loop -> summary.
+Layout: hyperparameters -> device setup -> model -> optimizers -> training loop -> hand-over.
 """
 
 import math
@@ -15,7 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prepare import PROFILE, MAX_SEQ_LEN, TIME_BUDGET, VOCAB_SIZE, make_dataloader, evaluate_bpb
+from prepare import (PROFILE, MAX_SEQ_LEN, TIME_BUDGET, VOCAB_SIZE, EVAL_BATCH, SEED,
+                     make_dataloader, budget_used, finish_training)
 
 T_START = time.time()
 
@@ -48,7 +51,6 @@ NS_STEPS = 5              # Newton-Schulz iterations per Muon update
 WARMDOWN_FRAC = 0.5       # LR decays linearly to FINAL_LR_FRAC over this last share of TIME_BUDGET
 FINAL_LR_FRAC = 0.0
 
-SEED = 42
 LOSS_LIMIT = 2 * math.log(VOCAB_SIZE)  # diverged: loss nan/inf or above twice a uniform guess's loss
 LOG_INTERVAL_S = 1.0      # print a progress line at least this often (and on every slow step)
 
@@ -65,7 +67,6 @@ else:
 IS_CUDA = DEVICE.type == "cuda"
 COMPUTE_DTYPE = torch.bfloat16 if IS_CUDA else torch.float32
 USE_COMPILE = IS_CUDA and hasattr(torch, "compile")
-UNTIMED_STEPS = 3 if USE_COMPILE else 0   # first steps compile kernels: not counted as training time
 HAS_SDPA = hasattr(F, "scaled_dot_product_attention")
 HAS_RMS_NORM = hasattr(F, "rms_norm")
 try:
@@ -116,18 +117,15 @@ def rotate(x, cos, sin):
     return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
 
 
-_bool_masks = {}   # (T, window, device) -> (T, T) bool mask, True where a query may attend
 _flex_masks = {}   # (T, window) -> FlexAttention BlockMask, built before torch.compile traces the model
 
 
 def window_mask(T, window, device):
-    """Boolean (T, T) mask: query i sees keys j with i - window < j <= i."""
-    key = (T, window, str(device))
-    if key not in _bool_masks:
-        i = torch.arange(T, device=device)[:, None]
-        j = torch.arange(T, device=device)[None, :]
-        _bool_masks[key] = (j <= i) & (i - j < window)
-    return _bool_masks[key]
+    """Boolean (T, T) mask: query i sees keys j with i - window < j <= i. Built on every call, not
+    cached: the exported (traced) model computes it in its graph instead of carrying a constant."""
+    i = torch.arange(T, device=device)[:, None]
+    j = torch.arange(T, device=device)[None, :]
+    return (j <= i) & (i - j < window)
 
 
 def build_flex_masks(T, windows):
@@ -152,9 +150,9 @@ def attention(q, k, v, window):
     mask = window_mask(T, min(window, T), q.device)
     if HAS_SDPA:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    # plain attention for torch without SDPA (1.x); in-place masking saves a (T, T) buffer per head
+    # plain attention for torch without SDPA (1.x); out-of-place, so the exported graph has no in-place ops
     scores = (q * q.size(-1) ** -0.5) @ k.transpose(-2, -1)
-    scores.masked_fill_(~mask, float("-inf"))
+    scores = scores.masked_fill(~mask, float("-inf"))
     return scores.softmax(dim=-1) @ v
 
 
@@ -358,23 +356,36 @@ if HAS_FLEX:
 train_model = torch.compile(model, dynamic=False) if USE_COMPILE else model
 train_loader = make_dataloader(DEVICE_BATCH, SEQ_LEN, DEVICE)
 
+if USE_COMPILE:
+    # Compile before the first batch: the clock starts at the first batch, so compiling here is
+    # start-up time (the profile's STARTUP_ALLOWANCE), not training. A dummy batch, no update.
+    with autocast():
+        dummy = torch.zeros(DEVICE_BATCH, SEQ_LEN, dtype=torch.long, device=DEVICE)
+        train_model(dummy, dummy).backward()
+    model.zero_grad(set_to_none=True)
+    sync()
+
 print(f"device: {DEVICE.type} | profile: {PROFILE} | params: {num_params / 1e6:.2f}M | "
       f"depth: {DEPTH} | dim: {MODEL_DIM} | windows: {model.windows} | "
       f"batch: {DEVICE_BATCH}x{SEQ_LEN}x{GRAD_ACCUM} = {TOTAL_BATCH} tokens | "
-      f"compile: {USE_COMPILE} | flex: {HAS_FLEX} | budget: {TIME_BUDGET}s", flush=True)
+      f"compile: {USE_COMPILE} | flex: {HAS_FLEX} | budget: {TIME_BUDGET}s | seed: {SEED}", flush=True)
 
 # -----------------------------------------------------------------------------
-# Training loop: runs until TIME_BUDGET seconds of (timed) training have passed
+# Training loop: the harness's clock starts at the first batch; stop while the next step still
+# fits (twice the slowest of the last few steps to spare: step times jitter on a busy machine),
+# so the hand-over comes within the budget
 # -----------------------------------------------------------------------------
 PEAK_FLOPS = 989.5e12 if IS_CUDA else 0.0  # dense bf16 peak of an H100
-training_time = 0.0
 step = 0
+dt = 0.0      # duration of the last step
+step_times = []  # durations of all steps so far
+margin = 0.0  # time kept in hand for the next step and the hand-over: twice the slowest of the last 10 steps
+used = 0.0    # seconds of the budget used, by the harness's clock
 last_log = 0.0
 model.train()
-while training_time < TIME_BUDGET:
+while used + margin < TIME_BUDGET:
     t0 = time.time()
-    progress = training_time / TIME_BUDGET
-    lrm = lr_multiplier(progress)
+    lrm = lr_multiplier(used / TIME_BUDGET)
     for opt in optimizers:
         for group in opt.param_groups:
             group["lr"] = group["base_lr"] * lrm
@@ -393,8 +404,9 @@ while training_time < TIME_BUDGET:
     loss_value = step_loss.item() / GRAD_ACCUM  # also waits for the device
     sync()
     dt = time.time() - t0
-    if step >= UNTIMED_STEPS:
-        training_time += dt
+    step_times.append(dt)
+    margin = 2 * max(step_times[-10:])
+    used = budget_used()
 
     step += 1
     if not math.isfinite(loss_value) or loss_value > LOSS_LIMIT:
@@ -403,26 +415,23 @@ while training_time < TIME_BUDGET:
         raise SystemExit(1)
 
     now = time.time()
-    if dt >= LOG_INTERVAL_S or now - last_log >= LOG_INTERVAL_S or step <= 5 or training_time >= TIME_BUDGET:
+    last = used + margin >= TIME_BUDGET
+    if dt >= LOG_INTERVAL_S or now - last_log >= LOG_INTERVAL_S or step <= 5 or last:
         last_log = now
-        pct = min(100.0, 100.0 * training_time / TIME_BUDGET)
+        pct = min(100.0, 100.0 * used / TIME_BUDGET)
         print(f"step {step:05d} ({pct:.1f}%) | loss: {loss_value:.6f} | lr: {lrm:.3f}x | "
               f"dt: {dt * 1000:.0f}ms | tok/s: {TOTAL_BATCH / dt:,.0f}", flush=True)
 
 # -----------------------------------------------------------------------------
-# Evaluation and summary
+# Summary, then the hand-over (the harness exports and scores the model; this process ends there)
 # -----------------------------------------------------------------------------
-model.eval()
-val_bpb = evaluate_bpb(model, DEVICE_BATCH)  # the uncompiled model; the harness applies autocast on CUDA
-
+training_seconds = budget_used()
 total_tokens = step * TOTAL_BATCH
-timed_steps = max(0, step - UNTIMED_STEPS)
-mfu = 100.0 * flops_per_token * TOTAL_BATCH * timed_steps / training_time / PEAK_FLOPS if PEAK_FLOPS else 0.0
+mfu = 100.0 * flops_per_token * total_tokens / training_seconds / PEAK_FLOPS if PEAK_FLOPS else 0.0
 peak_vram_mb = torch.cuda.max_memory_allocated() / 1024**2 if IS_CUDA else 0.0
 
 print("---")
-print(f"val_bpb:          {val_bpb:.6f}")
-print(f"training_seconds: {training_time:.1f}")
+print(f"training_seconds: {training_seconds:.1f}")
 print(f"total_seconds:    {time.time() - T_START:.1f}")
 print(f"peak_vram_mb:     {peak_vram_mb:.1f}")
 print(f"mfu_percent:      {mfu:.2f}")
@@ -430,3 +439,5 @@ print(f"total_tokens_M:   {total_tokens / 1e6:.1f}")
 print(f"num_steps:        {step}")
 print(f"num_params_M:     {num_params / 1e6:.1f}")
 print(f"depth:            {DEPTH}", flush=True)
+
+finish_training(model)  # the weights stop the clock; the uncompiled model is traced at (EVAL_BATCH, MAX_SEQ_LEN)

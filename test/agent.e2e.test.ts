@@ -10,7 +10,7 @@ import { CLI, makeWorkspace, queryState, ROOT } from './helpers.js';
 const TRAIN = readFileSync(join(ROOT, 'python', 'train.py'), 'utf8');
 
 function experiments(workspace: string): { description: string; status: string; decision: string | null; client_name: string }[] {
-  return queryState(workspace, 'SELECT description, status, decision, client_name FROM experiments ORDER BY id');
+  return queryState(workspace, "SELECT description, status, decision, client_name FROM experiments WHERE kind = 'candidate' ORDER BY id");
 }
 
 describe('plans and sweeps (parsing)', () => {
@@ -28,10 +28,10 @@ describe('plans and sweeps (parsing)', () => {
   });
 
   it('parses YAML and JSON plans into Python literals', () => {
-    const yaml = 'steps:\n  - description: higher LR\n    set: {MATRIX_LR: 0.06, SEED: 7}\n  - description: by hand\n    edits:\n      - {search: "SEED = 42", replace: "SEED = 43"}\n';
+    const yaml = 'steps:\n  - description: higher LR\n    set: {MATRIX_LR: 0.06, SOFTCAP: 30}\n  - description: by hand\n    edits:\n      - {search: "SOFTCAP = 15.0", replace: "SOFTCAP = 30.0"}\n';
     const plan = parsePlan(yaml, TRAIN);
     expect(plan.baseline).toBe(true);
-    expect(plan.steps[0].set).toEqual({ MATRIX_LR: '0.06', SEED: '7' });
+    expect(plan.steps[0].set).toEqual({ MATRIX_LR: '0.06', SOFTCAP: '30' });
     const json = JSON.stringify({ on_crash: 'stop', steps: [{ description: 'x', set: { WARMDOWN_FRAC: 0.7 } }] }, null, 2);
     expect(parsePlan(json, TRAIN).on_crash).toBe('stop');
   });
@@ -47,7 +47,7 @@ describe('plans and sweeps (parsing)', () => {
   });
 
   it('names the line of a malformed step', () => {
-    const text = 'steps:\n  - description: ok\n    set: {SEED: 1}\n  - description: two kinds\n    set: {SEED: 2}\n    edits: [{search: a, replace: b}]\n';
+    const text = 'steps:\n  - description: ok\n    set: {SOFTCAP: 1}\n  - description: two kinds\n    set: {SOFTCAP: 2}\n    edits: [{search: a, replace: b}]\n';
     expect(() => parsePlan(text, TRAIN, 'plan.yaml')).toThrow(/^plan\.yaml:4: each step needs exactly one of diff, edits or set/);
     expect(() => parsePlan('steps: []\n', TRAIN, 'plan.yaml')).toThrow(/plan\.yaml:1:/);
     expect(() => parsePlan('stepz:\n  - description: x\n', TRAIN, 'plan.yaml')).toThrow(PlanError);
@@ -87,8 +87,8 @@ describe('autoresearch-mcp agent (a real server process, driven over MCP)', () =
         '    set: {WARMDOWN_FRAC: 0.3}',
         '  - description: a crash on purpose',
         '    edits:',
-        '      - search: "SEED = 42"',
-        '        replace: "SEED = 42\\nraise RuntimeError(\'boom\')"',
+        '      - search: "SOFTCAP = 15.0"',
+        '        replace: "SOFTCAP = 15.0\\nraise RuntimeError(\'boom\')"',
         '  - description: an edit that does not apply',
         '    edits: [{search: "no such line", replace: "x"}]',
         '',
@@ -104,6 +104,8 @@ describe('autoresearch-mcp agent (a real server process, driven over MCP)', () =
     ]);
     expect(rows[0].decision).toBe('keep');
     expect(rows[2].decision).toBe('discard');
+    // the plan measured the noise floor before its first idea
+    expect(queryState(workspace, "SELECT count(*) AS n FROM experiments WHERE kind = 'noise'")[0].n).toBe(3);
     expect(new Set(rows.map((r) => r.client_name))).toEqual(new Set(['autoresearch-agent']));
     expect(result.stderr).toMatch(/refused .*an edit that does not apply/);
   }, 300_000);
@@ -120,6 +122,7 @@ describe('autoresearch-mcp agent (a real server process, driven over MCP)', () =
     const { baseline, idea, decision } = await tryOneIdea(fresh, CLI);
     expect(baseline.status).toBe('succeeded');
     expect(idea.status).toBe('succeeded');
-    expect(decision).toBe(idea.val_bpb < baseline.val_bpb ? 'keep' : 'discard');
+    // Before the noise floor is measured auto keeps nothing: it queues the noise runs and says so.
+    expect(decision).toBe('inconclusive');
   }, 300_000);
 });

@@ -1,16 +1,19 @@
 import Database from 'better-sqlite3';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { PassThrough } from 'node:stream';
 import ts from 'typescript';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
+  ANCHOR_FILE,
   AUDIT_CSV_COLUMNS,
   GENESIS_HASH,
+  anchorHead,
   auditRowHash,
+  readAnchorFile,
   verifyAuditChain,
   type AuditEntry,
   type AuditRow,
@@ -101,11 +104,11 @@ describe('appending', () => {
     const next = reopened.audit.append(call('status', {}, { ok: true }));
     expect(next.seq).toBe(6);
     expect(next.prevHash).toBe(reopened.audit.list({ limit: 1, offset: 4 })[0].hash);
-    expect(reopened.audit.verify()).toEqual({ ok: true, rows: 6, headSeq: 6, headHash: next.hash });
+    expect(reopened.audit.verify()).toMatchObject({ ok: true, rows: 6, headSeq: 6, headHash: next.hash, anchor: { state: 'anchored', headSeq: 6 } });
   });
 
   it('verifies an empty log', () => {
-    expect(open().audit.verify()).toEqual({ ok: true, rows: 0, headSeq: 0, headHash: GENESIS_HASH });
+    expect(open().audit.verify()).toMatchObject({ ok: true, rows: 0, headSeq: 0, headHash: GENESIS_HASH });
   });
 
   it('keeps the full result hash and size when it cuts a large result (at a character boundary)', () => {
@@ -202,8 +205,9 @@ describe('tamper detection (an attacker who drops the triggers)', () => {
     expect(store.audit.verify()).toMatchObject({ ok: false, firstBadSeq: 2 });
   });
 
-  it('finds rows cut from the end only against a recorded anchor', () => {
-    const store = open();
+  it('finds rows cut from the end: the chain alone cannot, a head recorded elsewhere (or the anchor file) can', () => {
+    const store = Store.open(dbPath, { audit: { anchorPath: null } });
+    opened.push(store);
     const rows = seed(store);
     const before = store.audit.verify();
     if (!before.ok) throw new Error('expected an intact log');
@@ -335,6 +339,137 @@ describe('export', () => {
   });
 });
 
+describe('the anchor file beside the database', () => {
+  const anchorPath = () => join(dir, ANCHOR_FILE);
+
+  /** Drops the guards and rewrites the table through a raw connection, re-hashing every row so the chain is consistent again. */
+  function rewriteAndRehash(edit: (rows: AuditRow[]) => AuditRow[]): void {
+    const db = rawDb();
+    db.exec('DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete; DROP TRIGGER audit_log_extends_chain;');
+    const store = open();
+    const rows = edit(store.audit.list());
+    opened.pop()!.close();
+    db.exec('DELETE FROM audit_log');
+    let prevHash = GENESIS_HASH;
+    const insert = db.prepare(`INSERT INTO audit_log (${AUDIT_CSV_COLUMNS.join(', ')}) VALUES (${AUDIT_CSV_COLUMNS.map(() => '?').join(', ')})`);
+    rows.forEach((row, index) => {
+      const fields = { ...row, seq: index + 1, prevHash };
+      const hash = auditRowHash(fields);
+      insert.run(
+        fields.seq, fields.ts, fields.transport, fields.mcpSessionId, fields.clientName, fields.clientVersion, fields.kind, fields.method,
+        fields.tool, fields.argumentsJson, fields.resultJson, fields.resultSha256, fields.resultBytes, fields.isError ? 1 : 0,
+        fields.durationMs, fields.experimentId, fields.message, prevHash, hash,
+      );
+      prevHash = hash;
+    });
+    db.close();
+  }
+
+  it('gets one "seq hash" line per append, and an honest log verifies as anchored', () => {
+    const store = open();
+    const rows = seed(store);
+    expect(readFileSync(anchorPath(), 'utf8')).toBe(rows.map((row) => `${row.seq} ${row.hash}\n`).join(''));
+    expect(store.audit.anchorPath).toBe(anchorPath());
+    expect(store.audit.verify()).toEqual({
+      ok: true,
+      rows: 5,
+      headSeq: 5,
+      headHash: rows[4].hash,
+      anchor: { state: 'anchored', path: anchorPath(), headSeq: 5, headHash: rows[4].hash, lines: 5, unanchoredRows: 0 },
+    });
+    expect(anchorHead(dir)).toEqual({ seq: 5, hash: rows[4].hash, path: anchorPath(), lines: 5 });
+    // re-opened later (the CLI's verify), the same
+    store.close();
+    opened.pop();
+    expect(open().audit.verify()).toMatchObject({ ok: true, anchor: { state: 'anchored', headSeq: 5 } });
+  });
+
+  it('fails a database rewritten and re-hashed consistently, at the first rewritten seq', () => {
+    seed(open());
+    rewriteAndRehash((rows) => rows.map((row) => (row.seq === 3 ? { ...row, isError: false, argumentsJson: '{"description":"a better idea"}' } : row)));
+    // The chain alone cannot tell: it was rebuilt consistently.
+    const unanchored = Store.open(dbPath, { audit: { anchorPath: null } });
+    expect(unanchored.audit.verify()).toMatchObject({ ok: true, rows: 5, anchor: { state: 'disabled' } });
+    unanchored.close();
+    expect(open().audit.verify()).toMatchObject({
+      ok: false,
+      firstBadSeq: 3,
+      reason: expect.stringMatching(/^the audit log in the database does not match the anchor at seq 3: the database was rewritten/),
+    });
+  });
+
+  it('fails a database rebuilt from scratch with other rows (every anchored seq is checked)', () => {
+    seed(open());
+    rewriteAndRehash((rows) => rows.map((row) => ({ ...row, message: 'forged' })));
+    expect(open().audit.verify()).toMatchObject({ ok: false, firstBadSeq: 1, reason: expect.stringMatching(/does not match the anchor at seq 1/) });
+  });
+
+  it('fails a database whose tail rows were deleted', () => {
+    seed(open());
+    const db = rawDb();
+    db.exec('DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE seq >= 4;');
+    db.close();
+    expect(open().audit.verify()).toMatchObject({
+      ok: false,
+      firstBadSeq: 4,
+      reason: expect.stringMatching(/the database ends at seq 3 but the anchor records seq 5: rows were cut from the end/),
+    });
+  });
+
+  it('fails a truncated database that was extended again to the same length', () => {
+    seed(open());
+    rewriteAndRehash((rows) => [...rows.slice(0, 3), { ...rows[3], message: 'other' }, rows[4]]);
+    expect(open().audit.verify()).toMatchObject({ ok: false, firstBadSeq: 4, reason: expect.stringMatching(/anchor at seq 4/) });
+  });
+
+  it('fails on an anchor line that is not "seq hash", and checks older lines too', () => {
+    const store = open();
+    const rows = seed(store);
+    appendFileSync(anchorPath(), 'garbage\n');
+    expect(store.audit.verify()).toMatchObject({ ok: false, reason: expect.stringMatching(/line 6 of the anchor .* is not "seq hash".*damaged/) });
+    writeFileSync(anchorPath(), `2 ${'f'.repeat(64)}\n5 ${rows[4].hash}\n`);
+    expect(store.audit.verify()).toMatchObject({ ok: false, firstBadSeq: 2, reason: expect.stringMatching(/anchor at seq 2/) });
+  });
+
+  it('without an anchor (a workspace from before anchoring) says so instead of claiming it is anchored, then anchors from now on', () => {
+    const store = open();
+    seed(store);
+    rmSync(anchorPath());
+    const missing = store.audit.verify();
+    expect(missing).toMatchObject({ ok: true, rows: 5, anchor: { state: 'missing', path: anchorPath() } });
+    expect(missing.ok && missing.anchor?.state === 'missing' && missing.anchor.message).toMatch(/no anchor at .*created from now on/);
+    expect(anchorHead(dir)).toBeUndefined();
+    const next = store.audit.append(call('status', {}, {}));
+    expect(readFileSync(anchorPath(), 'utf8')).toBe(`6 ${next.hash}\n`);
+    expect(store.audit.verify()).toMatchObject({ ok: true, anchor: { state: 'anchored', headSeq: 6, lines: 1 } });
+  });
+
+  it('reports rows written after the anchor head (a crash between the two) as unanchored, not as a failure', () => {
+    const store = open();
+    seed(store);
+    const lines = readFileSync(anchorPath(), 'utf8').trimEnd().split('\n');
+    writeFileSync(anchorPath(), lines.slice(0, 4).join('\n') + '\n');
+    expect(store.audit.verify()).toMatchObject({ ok: true, anchor: { state: 'anchored', headSeq: 4, unanchoredRows: 1 } });
+  });
+
+  it('an empty log with no anchor yet, and an in-memory log without any', () => {
+    const store = open();
+    expect(existsSync(anchorPath())).toBe(false);
+    expect(store.audit.verify()).toMatchObject({ ok: true, rows: 0, anchor: { state: 'missing', message: expect.stringMatching(/created with the first audited call/) } });
+    const memory = Store.open(':memory:');
+    memory.audit.append(call('status', {}, {}));
+    expect(memory.audit.anchorPath).toBeNull();
+    expect(memory.audit.verify()).toMatchObject({ ok: true, rows: 1, anchor: { state: 'disabled' } });
+    memory.close();
+  });
+
+  it('readAnchorFile takes the highest seq as the head (appenders may finish out of order)', () => {
+    writeFileSync(anchorPath(), `2 ${'b'.repeat(64)}\n1 ${'a'.repeat(64)}\n`);
+    expect(readAnchorFile(anchorPath())).toMatchObject({ head: { seq: 2, hash: 'b'.repeat(64) }, lines: [{ seq: 2 }, { seq: 1 }] });
+    expect(readAnchorFile(join(dir, 'nothing'))).toBeUndefined();
+  });
+});
+
 describe('concurrent writers', () => {
   it('two stores on one file, appending in turn, share one chain', () => {
     const a = open();
@@ -362,7 +497,7 @@ describe('concurrent writers', () => {
       Array.from({ length: writers }, (_, w) => runNode(['--input-type=module', '-e', script, dbPath, `w${w}`], moduleDir)),
     );
     const store = open();
-    expect(store.audit.verify()).toMatchObject({ ok: true, rows: writers * perWriter });
+    expect(store.audit.verify()).toMatchObject({ ok: true, rows: writers * perWriter, anchor: { state: 'anchored', lines: writers * perWriter, unanchoredRows: 0 } });
     const perWriterCounts = new Map<string, number>();
     for (const row of store.audit.list()) {
       const writer = (JSON.parse(row.argumentsJson!) as { writer: string }).writer;

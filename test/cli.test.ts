@@ -1,13 +1,17 @@
 import Database from 'better-sqlite3';
 import { execa } from 'execa';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { CLI, connect, makeWorkspace, ok, waitFinished } from './helpers.js';
+import { explainNativeModuleError } from '../src/core/native.js';
+import { CLI, connect, makeWorkspace, ok, PYTHON, waitFinished } from './helpers.js';
 
 const cli = (...args: string[]) => execa(process.execPath, [CLI, ...args], { reject: false, timeout: 120_000 });
+/** The CLI with only these variables set (plus PATH and HOME), as an MCP host's "env" block would give it. */
+const cliEnv = (env: Record<string, string>, ...args: string[]) =>
+  execa(process.execPath, [CLI, ...args], { reject: false, timeout: 120_000, extendEnv: false, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp', ...env } });
 
 describe('command line', () => {
   let workspace: string;
@@ -90,5 +94,101 @@ describe('command line', () => {
     const bad = await cli('doctor', '--python', '/bin/false');
     expect(bad.exitCode).toBe(1);
     expect(bad.stderr).toMatch(/python3-torch libopenblas0-pthread/);
+  });
+
+  it('prints its version and help on stdout', async () => {
+    const version = await cli('--version');
+    expect(version.exitCode).toBe(0);
+    expect(version.stdout.trim()).toBe(JSON.parse(readFileSync(join(import.meta.dirname, '..', 'package.json'), 'utf8')).version);
+    for (const args of [['--help'], ['-h'], ['help']]) {
+      const help = await cli(...args);
+      expect(help.exitCode, args.join(' ')).toBe(0);
+      expect(help.stdout).toMatch(/Usage:[\s\S]*AUTORESEARCH_WORKSPACE[\s\S]*AUTORESEARCH_PYTHON/);
+      expect(help.stderr).toBe('');
+    }
+    const none = await cli();
+    expect(none.exitCode).toBe(2);
+    expect(none.stderr).toMatch(/Usage:/);
+  });
+
+  it('takes its settings from AUTORESEARCH_* variables, a flag winning, and expands ~ in paths', async () => {
+    const status = await cliEnv({ AUTORESEARCH_WORKSPACE: workspace }, 'status');
+    expect(status.exitCode, status.stderr).toBe(0);
+    expect(JSON.parse(status.stdout).harnessIntact).toBe(true);
+    const flagWins = await cliEnv({ AUTORESEARCH_WORKSPACE: '/nonexistent/lab' }, 'status', '--workspace', workspace);
+    expect(flagWins.exitCode, flagWins.stderr).toBe(0);
+    const badSlots = await cliEnv({ AUTORESEARCH_WORKSPACE: workspace, AUTORESEARCH_SLOTS: 'many' }, 'status');
+    expect(badSlots.exitCode).toBe(2);
+    expect(badSlots.stderr).toMatch(/AUTORESEARCH_SLOTS/);
+    // A JSON host config passes "~/ws" as it is: the server expands it.
+    const home = dirname(workspace);
+    const tilde = await cliEnv({ HOME: home }, 'status', '--workspace', `~/${basename(workspace)}`);
+    expect(tilde.exitCode, tilde.stderr).toBe(0);
+    const tildeEnv = await cliEnv({ HOME: home, AUTORESEARCH_WORKSPACE: `~/${basename(workspace)}` }, 'status');
+    expect(tildeEnv.exitCode, tildeEnv.stderr).toBe(0);
+    const other = await cli('status', '--workspace', '~someone/lab');
+    expect(other.exitCode).toBe(2);
+    expect(other.stderr).toMatch(/only "~" and "~\/\.\.\." are expanded.*absolute path/);
+  });
+
+  it('says an interpreter is missing when it is, and that one without torch lacks torch', async () => {
+    const missing = await cli('doctor', '--python', '/nonexistent/bin/python3');
+    expect(missing.exitCode).toBe(1);
+    expect(missing.stderr).toMatch(/There is no Python at \/nonexistent\/bin\/python3: the file does not exist/);
+    expect(missing.stderr).not.toMatch(/cannot import torch/);
+    const notOnPath = await cli('doctor', '--python', 'python-does-not-exist');
+    expect(notOnPath.stderr).toMatch(/There is no "python-does-not-exist" on PATH/);
+    const fromEnv = await cliEnv({ AUTORESEARCH_PYTHON: '/nonexistent/python' }, 'doctor');
+    expect(fromEnv.exitCode).toBe(1);
+    expect(fromEnv.stderr).toMatch(/There is no Python at \/nonexistent\/python/);
+    const noTorch = await cli('doctor', '--python', '/bin/true');
+    expect(noTorch.stderr).toMatch(/\/bin\/true is there but cannot import torch and numpy/);
+  });
+
+  it('refuses a GPU that does not exist before any lab starts', async () => {
+    const result = await cli('serve', '--workspace', workspace, '--gpus', '0,99', '--no-daemon');
+    expect(result.exitCode).toBe(2);
+    expect(result.stderr).toMatch(/--gpus 0,99: (this machine has no NVIDIA driver .* use --slots N|GPU 99 does not exist here)/);
+    const repeated = await cli('lab', '--workspace', workspace, '--gpus', '1,1');
+    expect(repeated.exitCode).toBe(2);
+    expect(repeated.stderr).toMatch(/names GPU 1 twice/);
+  });
+
+  it('leaves nothing behind when init fails, so init can run again', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'ar-cli-fail-'));
+    const fresh = join(root, 'new', 'lab');
+    const badCorpus = await cli('init', fresh, '--profile', 'smoke', '--python', PYTHON, '--corpus', join(root, 'no-such-corpus'));
+    expect(badCorpus.exitCode).toBe(1);
+    expect(badCorpus.stderr).toMatch(/Data preparation failed/);
+    expect(existsSync(join(root, 'new'))).toBe(false);
+
+    const empty = join(root, 'empty');
+    await mkdir(empty);
+    const emptyCorpus = join(root, 'empty-corpus');
+    await mkdir(emptyCorpus);
+    await writeFile(join(emptyCorpus, 'nothing.txt'), '');
+    const failed = await cli('init', empty, '--profile', 'smoke', '--python', PYTHON, '--corpus', emptyCorpus);
+    expect(failed.exitCode).toBe(1);
+    expect(existsSync(empty)).toBe(true);
+    expect(await readdir(empty)).toEqual([]);
+
+    const noPython = await cli('init', fresh, '--profile', 'smoke', '--python', join(root, 'python3'));
+    expect(noPython.stderr).toMatch(/There is no Python at/);
+    expect(existsSync(join(root, 'new'))).toBe(false);
+  });
+
+  it('names the fix when better-sqlite3 was built for another Node', () => {
+    const abi = Object.assign(
+      new Error(
+        "The module '/x/node_modules/better-sqlite3/build/Release/better_sqlite3.node'\nwas compiled against a different Node.js version using\nNODE_MODULE_VERSION 127. This version of Node.js requires\nNODE_MODULE_VERSION 115. Please try re-compiling or re-installing\nthe module (for instance, using `npm rebuild` or `npm install`).",
+      ),
+      { code: 'ERR_DLOPEN_FAILED' },
+    );
+    const line = explainNativeModuleError(abi) as string;
+    expect(line).not.toMatch(/\n/);
+    expect(line).toMatch(/built for NODE_MODULE_VERSION 127/);
+    expect(line).toMatch(/npm rebuild better-sqlite3/);
+    expect(line).toContain(process.execPath);
+    expect(explainNativeModuleError(new Error('disk full'))).toBeUndefined();
   });
 });

@@ -26,7 +26,7 @@ describe('MCP Inspector CLI (Node 22) against the stdio server', () => {
   }, 600_000);
 
   const inspect = (...args: string[]) =>
-    execa(NODE22, [INSPECTOR, '--cli', process.execPath, CLI, 'serve', '--workspace', workspace, ...args], { reject: false, timeout: 90_000 });
+    execa(NODE22, [INSPECTOR, '--cli', process.execPath, CLI, 'serve', '--workspace', workspace, '--no-daemon', ...args], { reject: false, timeout: 90_000 });
 
   it('lists every tool', async () => {
     const result = await inspect('--method', 'tools/list');

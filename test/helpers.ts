@@ -1,7 +1,7 @@
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import Database from 'better-sqlite3';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -44,12 +44,16 @@ export interface Connected {
   stderr: () => string;
 }
 
-/** Starts the built server as a real process and connects the SDK client over stdio. */
+/**
+ * Starts the built server as a real process and connects the SDK client over stdio. In-process
+ * (--no-daemon): the server and its runs end with the client, and no background lab outlives the
+ * test. test/lab-daemon.e2e.test.ts drives the default, attaching serve.
+ */
 export async function connect(workspace: string, serverArgs: string[] = [], name = 'vitest'): Promise<Connected> {
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run npm run build first (npm test does).`);
   const transport = new StdioClientTransport({
     command: process.execPath,
-    args: [CLI, 'serve', '--workspace', workspace, ...serverArgs],
+    args: [CLI, 'serve', '--workspace', workspace, '--no-daemon', ...serverArgs],
     env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp' },
     stderr: 'pipe',
   });
@@ -80,12 +84,16 @@ export async function fails(client: Client, name: string, args: Record<string, u
   return result.content.map((c) => c.text).join('\n');
 }
 
-const FINISHED = ['succeeded', 'crashed', 'timed_out', 'cancelled', 'rejected'];
+const FINISHED = ['succeeded', 'crashed', 'over_budget', 'timed_out', 'cancelled', 'rejected'];
 
-export async function waitFinished(client: Client, id: number): Promise<any> {
+/** Waits for an experiment to finish; fails after `seconds` naming the experiment and its status. */
+export async function waitFinished(client: Client, id: number, seconds = 240): Promise<any> {
+  const deadline = Date.now() + seconds * 1000;
   for (;;) {
     const result = await ok(client, 'get_results', { experiment_id: id, wait_seconds: 30 });
-    if (FINISHED.includes(result.experiments[0].status)) return result.experiments[0];
+    const experiment = result.experiments[0];
+    if (FINISHED.includes(experiment.status)) return experiment;
+    if (Date.now() > deadline) throw new Error(`waited ${seconds} s for experiment ${id} ("${experiment.description}") to finish; it is still ${experiment.status}`);
   }
 }
 
@@ -96,5 +104,23 @@ export function queryState<T = any>(workspace: string, sql: string, ...params: u
     return db.prepare(sql).all(...params) as T[];
   } finally {
     db.close();
+  }
+}
+
+/** Whether a process lives (a zombie does not count), as Linux's /proc tells it. */
+export function pidAlive(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.[0] !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+/** Polls a condition every 100 ms; fails after `seconds`, naming what it waited for (`what`, else the condition's code). */
+export async function waitUntil(condition: () => boolean | Promise<boolean>, seconds: number, what?: string): Promise<void> {
+  const deadline = Date.now() + seconds * 1000;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`waited ${seconds} s for ${what ?? `\`${condition.toString()}\``}, in vain`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
   }
 }

@@ -7,7 +7,7 @@ import { chromium, type Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sha256File } from '../src/core/hashing.js';
 import { Lab } from '../src/core/lab.js';
-import { stateDir } from '../src/core/paths.js';
+import { HARNESS_FILES, stateDir } from '../src/core/paths.js';
 import { chartYRange, loadReportData, progressChartSvg, renderReportHtml, resultsTsv, writeReport } from '../src/core/report.js';
 import { Store, type Experiment } from '../src/core/store.js';
 import { WORKSPACE_GITIGNORE, Workspace } from '../src/core/workspace.js';
@@ -46,6 +46,17 @@ function exp(id: number, fields: Partial<Experiment> = {}): Experiment {
     progress: null,
     mcpSessionId: null,
     clientName: null,
+    kind: 'candidate',
+    seed: null,
+    stackedOn: null,
+    confirms: null,
+    noiseId: null,
+    changeKind: null,
+    decisionFigures: null,
+    verdict: null,
+    undoneBy: null,
+    sandboxed: null,
+    agent: null,
     valBpb: 1,
     trainingSeconds: 300,
     totalSeconds: 329,
@@ -57,6 +68,11 @@ function exp(id: number, fields: Partial<Experiment> = {}): Experiment {
     depth: 8,
     evalTokens: null,
     evalBytes: null,
+    startupSeconds: null,
+    exportSeconds: null,
+    cpuSeconds: null,
+    tokensServed: null,
+    evalSeconds: null,
     ...fields,
   };
 }
@@ -96,6 +112,24 @@ describe('resultsTsv', () => {
     expect(row).toHaveLength(5);
     expect(row[4]).toBe('tabs here and new lines <b>&amp;</b>');
     expect(resultsTsv([])).toBe('commit\tval_bpb\tmemory_gb\tstatus\tdescription\n');
+  });
+});
+
+describe('noise in the views', () => {
+  const noise = { sigma: 0.002, mad: 0.001, k: 3, commit: 'abcdef1234567', profile: 'gpu', machine: 'box' };
+  it('the TSV ends with the noise floor and leaves noise and confirm runs out', () => {
+    const tsv = resultsTsv([exp(1, { decision: 'keep', valBpb: 1.0 }), exp(2, { kind: 'noise', valBpb: 1.001 }), exp(3, { kind: 'confirm', valBpb: 1.0 })], { noise });
+    const lines = tsv.trim().split('\n');
+    expect(lines).toHaveLength(3);
+    expect(lines[2]).toBe('# noise: sigma 0.002000, MAD 0.001000, k 3, commit abcdef1, gpu on box');
+  });
+  it('the chart draws a band of +-sigma around the running best, and only candidates', () => {
+    const experiments = [exp(1, { decision: 'keep', valBpb: 1.0 }), exp(2, { decision: 'keep', valBpb: 0.99 }), exp(3, { kind: 'noise', valBpb: 0.5 })];
+    const svg = progressChartSvg(experiments, { noiseSigma: 0.002 });
+    expect(svg).toContain('class="noise-band"');
+    expect(svg.match(/<rect x=/g)?.length).toBeGreaterThanOrEqual(2);
+    expect(progressChartSvg(experiments)).not.toContain('noise-band');
+    expect(svg).not.toContain('experiment 3');
   });
 });
 
@@ -220,7 +254,16 @@ async function buildWorkspace(): Promise<{ dir: string; finished: number; kept: 
 
   const store = Store.open(join(stateDir(dir), 'state.db'));
   store.setMeta('workspace', { profile: 'gpu', timeBudget: 300, dataDir, python: '/usr/bin/python3', constants: {} });
-  store.setPins({ 'prepare.py': await sha256File(join(dir, 'prepare.py')), 'val.bin': await sha256File(join(dataDir, 'val.bin')) });
+  // Pinned as init pins them: the harness copies under <state>/harness and the data files.
+  const harnessDir = join(stateDir(dir), 'harness');
+  await mkdir(harnessDir, { recursive: true });
+  for (const [name, source] of Object.entries(HARNESS_FILES)) await copyFile(source, join(harnessDir, name));
+  await writeFile(join(dataDir, 'train.bin'), Buffer.from('training tokens'));
+  await writeFile(join(dataDir, 'manifest.json'), '{}\n');
+  const pins: Record<string, string> = { 'prepare.py': await sha256File(join(dir, 'prepare.py')) };
+  for (const name of ['val.bin', 'train.bin', 'manifest.json']) pins[name] = await sha256File(join(dataDir, name));
+  for (const name of Object.keys(HARNESS_FILES)) pins[`harness/${name}`] = await sha256File(join(harnessDir, name));
+  store.setPins(pins);
   const branch = await ws.createSessionBranch('nov27', base);
   store.createSession({ tag: 'nov27', branch, baseCommit: base, clientName: 'claude-code' });
 
@@ -244,8 +287,12 @@ async function buildWorkspace(): Promise<{ dir: string; finished: number; kept: 
       continue;
     }
     const created = store.createExperiment(base);
-    // Queued without a commit (still being prepared): the Lab never starts it, so no train.py runs here.
-    if (status === 'queued') continue;
+    // Queued without a commit (a server died preparing it): the serving Lab's start-up repair
+    // closes it as cancelled, so it is a finished point of the report and no train.py runs here.
+    if (status === 'queued') {
+      finished += 1;
+      continue;
+    }
     const commit = await ws.commitCandidate(created.id, head, text, `exp ${created.id}: ${step.description}`);
     store.setCandidate(created.id, { candidateCommit: commit });
     finished += 1;
@@ -316,7 +363,8 @@ describe('HTML report in a real browser', () => {
   beforeAll(async () => {
     workspace = await buildWorkspace();
     reportPath = join(workspace.dir, '.autoresearch', 'report.html');
-    const lab = await Lab.open({ workspace: workspace.dir, log: () => undefined });
+    // Serve mode, as a server would open it first: its start-up repair runs (no runs start, so no sandbox is needed).
+    const lab = await Lab.open({ workspace: workspace.dir, unsandboxed: true, log: () => undefined });
     try {
       await writeReport(lab, reportPath);
     } finally {
@@ -357,7 +405,7 @@ describe('HTML report in a real browser', () => {
 
     expect(await page.locator('svg.progress-chart .point').count()).toBe(workspace.finished);
     expect(await page.locator('svg.progress-chart .point.kept').count()).toBe(workspace.kept);
-    expect(await page.locator('svg.progress-chart .point.crash').count()).toBe(4);
+    expect(await page.locator('svg.progress-chart .point.crash').count()).toBe(5);
     expect(await page.locator('table.experiments tbody tr').count()).toBe(STEPS.length);
     expect(await page.locator('details.change').count()).toBe(workspace.kept);
     expect(await page.locator('text=✓ harness intact').count()).toBe(1);
@@ -424,7 +472,7 @@ describe('HTML report in a real browser', () => {
 
   it('renders plain ReportData with running work and a broken chain, and an empty report', async () => {
     const data = await (async () => {
-      const lab = await Lab.open({ workspace: workspace.dir, log: () => undefined });
+      const lab = await Lab.open({ workspace: workspace.dir, mode: 'inspect', log: () => undefined }); // as `autoresearch-mcp report` opens it
       try {
         return await loadReportData(lab);
       } finally {
@@ -444,9 +492,9 @@ describe('HTML report in a real browser', () => {
     expect(html).toContain('broken at row 42');
     expect(html).not.toMatch(/<img src=x|<script>alert/);
     expect(html).toContain('/tmp/&lt;img src=x onerror=alert(1)&gt;');
-    // the first Lab's close() cancelled the queued experiment, so it is finished now
+    // the first Lab's start-up repair cancelled the commit-less queued experiment, so it is finished now
     expect(data.experiments.find((e) => e.id === STEPS.length)?.status).toBe('cancelled');
-    expect(pointCount(html)).toBe(workspace.finished + 1);
+    expect(pointCount(html)).toBe(workspace.finished);
 
     const empty = renderReportHtml({ ...data, experiments: [], keptChanges: [], history: [], audit: null });
     const page = await browser.newPage();

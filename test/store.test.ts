@@ -42,7 +42,7 @@ function queue(store: Store, description = 'change', session = 'main') {
 }
 
 /** Runs an experiment through to a final status. */
-function finish(store: Store, status: Exclude<ExperimentStatus, 'queued' | 'running'>, valBpb: number | null = null, session = 'main') {
+function finish(store: Store, status: Exclude<ExperimentStatus, 'preparing' | 'queued' | 'running'>, valBpb: number | null = null, session = 'main') {
   const experiment = queue(store, `${status} ${valBpb}`, session);
   store.markRunning(experiment.id, { slot: 0, pid: 4242, startedAt: 1_000 });
   return store.markFinished(experiment.id, { status, valBpb, finishedAt: 2_000 });
@@ -72,7 +72,7 @@ describe('opening and migrations', () => {
     const tables = (raw.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all() as { name: string }[]).map(
       (t) => t.name,
     );
-    expect(tables).toEqual(['audit_log', 'experiments', 'meta', 'pins', 'sessions']);
+    expect(tables).toEqual(['audit_log', 'branch_moves', 'experiments', 'meta', 'noise_measurements', 'pins', 'sessions']);
     expect(raw.pragma('journal_mode', { simple: true })).toBe('wal');
     raw.close();
     expect(typeof store.getMeta<number>('created_at')).toBe('number');
@@ -153,6 +153,7 @@ describe('sessions', () => {
       tag: 'a',
       branch: 'autoresearch/a',
       baseCommit: 'c1',
+      startFrom: null,
       createdAt: 10,
       mcpSessionId: null,
       clientName: 'claude',
@@ -404,7 +405,7 @@ describe('listing and counting', () => {
     seed(store);
     const counts = store.countByStatus();
     expect(Object.keys(counts).sort()).toEqual([...EXPERIMENT_STATUSES].sort());
-    expect(counts).toEqual({ queued: 1, running: 0, succeeded: 3, crashed: 1, timed_out: 1, cancelled: 0, rejected: 0 });
+    expect(counts).toEqual({ preparing: 0, queued: 1, running: 0, succeeded: 3, crashed: 1, over_budget: 0, timed_out: 1, cancelled: 0, rejected: 0 });
     expect(store.countByStatus('other')).toMatchObject({ succeeded: 1, crashed: 0, queued: 0 });
   });
 

@@ -1,4 +1,5 @@
-"""Tests of the harness (python/prepare.py): tokenizer, packing, metric, preparation, bad input.
+"""Tests of data preparation (python/prepare_data.py), the tokenizer (python/prepare.py) and row
+packing (python/batches.py): tokenizer, packing, preparation, manifest, bad input.
 
 Run: /usr/bin/python3 -m pytest -q python/tests
 Most tests use the `smoke` profile on a small synthetic corpus; one prepares the embedded corpus.
@@ -25,8 +26,11 @@ import torch
 
 PYTHON_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREPARE_PY = os.path.join(PYTHON_DIR, "prepare.py")
+PREPARE_DATA_PY = os.path.join(PYTHON_DIR, "prepare_data.py")
 
-import prepare as P  # noqa: E402  (conftest puts python/ on sys.path)
+import batches as B  # noqa: E402  (conftest puts python/ on sys.path)
+import prepare as R  # noqa: E402  the runtime: tokenizer, constants
+import prepare_data as P  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,7 +70,7 @@ def quiet():
 def load_fresh(data_dir, monkeypatch, **env):
     """A fresh instance of the prepare module (its own once-per-process state), reading data_dir."""
     monkeypatch.setenv("AUTORESEARCH_DATA_DIR", str(data_dir))
-    for key in ("AUTORESEARCH_RESULT_PATH", "AUTORESEARCH_RUN_NONCE"):
+    for key in ("AUTORESEARCH_CHANNEL_FD", "AUTORESEARCH_SEED"):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, str(value))
@@ -79,7 +83,7 @@ def load_fresh(data_dir, monkeypatch, **env):
 def run_cli(*args, cwd=None, env=None, preexec_fn=None):
     full_env = dict(os.environ)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, PREPARE_PY, *map(str, args)], cwd=cwd, env=full_env,
+    return subprocess.run([sys.executable, PREPARE_DATA_PY, *map(str, args)], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=120, preexec_fn=preexec_fn)
 
 
@@ -190,7 +194,7 @@ def test_tokenizer_round_trips_arbitrary_unicode(tokenizer):
 def test_lone_surrogates_become_replacement_characters(tokenizer):
     assert tokenizer.decode(tokenizer.encode("a\ud800b")) == "a\ufffdb"
     assert tokenizer.decode(tokenizer.encode("x\ud83d\ude00")) == "x\U0001F600"   # a pair is joined
-    assert tokenizer.encode("a\ud800b") == tokenizer.encode_reference("a\ud800b")
+    assert tokenizer.encode("a\ud800b") == P.encode_reference(tokenizer, "a\ud800b")
 
 
 def test_fast_encoder_matches_reference_encoder(tokenizer, corpus_dir):
@@ -199,7 +203,7 @@ def test_fast_encoder_matches_reference_encoder(tokenizer, corpus_dir):
     texts += [random_unicode(rng, rng.randint(1, 400)) for _ in range(100)]
     texts += ["東京" * 400, "aaaa" * 300, " the the the", "tokens" * 100]   # long pieces: heap path
     for text in texts:
-        assert tokenizer.encode(text) == tokenizer.encode_reference(text)
+        assert tokenizer.encode(text) == P.encode_reference(tokenizer, text)
 
 
 def test_fast_bpe_matches_reference_on_random_vocabularies():
@@ -211,7 +215,7 @@ def test_fast_bpe_matches_reference_on_random_vocabularies():
         tok = P.train_tokenizer([text], 256 + 40 + len(P.SPECIAL_TOKENS))
         for _ in range(50):
             piece = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60))).encode()
-            assert P._bpe_piece_fast(piece, tok.ranks) == P._bpe_piece_reference(piece, tok.ranks)
+            assert R._bpe_piece_fast(piece, tok.ranks) == P._bpe_piece_reference(piece, tok.ranks)
 
 
 def test_tokenizer_training_is_deterministic_and_json_round_trips(corpus_dir):
@@ -241,7 +245,7 @@ def test_split_is_pinned_by_sorted_id():
 
 def test_best_fit_packer_takes_longest_fit_then_crops_shortest():
     lengths = np.array([5, 3, 2, 7])
-    rows = list(P._pack_rows(range(4), lengths, 8))
+    rows = list(B._pack_rows(range(4), lengths, 8))
     # row 1: 7 fits best, 1 left, nothing fits -> the shortest (2) is cropped to 1
     # row 2: 5, then 3 fills it exactly; then the pieces run out
     assert rows == [[(3, 7), (2, 1)], [(0, 5), (1, 3)]]
@@ -250,25 +254,22 @@ def test_best_fit_packer_takes_longest_fit_then_crops_shortest():
 def test_long_documents_are_cut_into_bos_pieces_covering_every_token():
     bos = 9
     tokens = np.array([bos] + list(range(20)) + [bos, 1, 2] + [bos] + list(range(7)), dtype=np.uint16)
-    src, src_len, extra = P._pieces(tokens, bos, 8)
+    src, src_len, extra = B._pieces(tokens, bos, 8)
     assert int(src_len.sum()) == len(tokens)                    # each token in exactly one piece
     assert ((src_len + extra) <= 8).all()
     for s, n, e in zip(src, src_len, extra):
         assert e or tokens[s] == bos                           # every piece starts with BOS
 
 
-def test_dataloader_rows_are_bos_first_unpadded_and_drawn_from_the_source(smoke_dir, monkeypatch):
-    prep = load_fresh(smoke_dir, monkeypatch)
-    bos, vocab = prep.get_tokenizer().bos_id, prep.VOCAB_SIZE
-    train = np.fromfile(os.path.join(smoke_dir, "train.bin"), dtype="<u2")
-    source = train.astype("<u4").tobytes()
-    loader = prep.make_dataloader(4, 24, "cpu")
+def test_training_rows_are_bos_first_unpadded_and_drawn_from_the_source(smoke_dir, tokenizer):
+    bos, vocab = tokenizer.bos_id, tokenizer.vocab_size
+    train = B.open_tokens(os.path.join(smoke_dir, "train.bin"), vocab)
+    source = np.asarray(train).astype("<u4").tobytes()
+    stream = B.TrainRows(train, bos, seed=42)
     for _ in range(40):
-        x, y = next(loader)
-        assert x.shape == y.shape == (4, 24) and x.dtype == y.dtype == torch.long
-        assert (x[:, 1:] == y[:, :-1]).all()
-        assert (x[:, 0] == bos).all()
-        rows = torch.cat([x, y[:, -1:]], dim=1).numpy()
+        rows = stream.batch(4, 25)
+        assert rows.shape == (4, 25) and rows.dtype == np.dtype("<i4")
+        assert (rows[:, 0] == bos).all()
         assert ((rows >= 0) & (rows < vocab)).all()
         for row in rows:
             cuts = list(np.flatnonzero(row == bos)) + [len(row)]
@@ -285,144 +286,78 @@ def test_eval_rows_are_deterministic_bos_first_and_sized(smoke_dir):
     with open(os.path.join(smoke_dir, "manifest.json")) as f:
         man = json.load(f)
     T, bos = man["constants"]["MAX_SEQ_LEN"], man["tokenizer"]["bos_id"]
-    a = P.eval_rows(val, bos, T, man["constants"]["EVAL_TOKENS"] // T)
-    b = P.eval_rows(val, bos, T, man["constants"]["EVAL_TOKENS"] // T)
+    a = B.eval_rows(val, bos, T, man["constants"]["EVAL_TOKENS"] // T)
+    b = B.eval_rows(val, bos, T, man["constants"]["EVAL_TOKENS"] // T)
     assert (a == b).all() and a.shape == (man["constants"]["EVAL_TOKENS"] // T, T + 1)
     assert (a[:, 0] == bos).all()
     # the synthetic validation split is smaller than the profile's EVAL_TOKENS: capped, recorded
     assert 0 < man["constants"]["EVAL_TOKENS"] < man["constants"]["EVAL_TOKENS_PROFILE"]
-    assert len(P.eval_rows(val, bos, T)) * T == man["constants"]["EVAL_TOKENS"]
+    assert len(B.eval_rows(val, bos, T)) * T == man["constants"]["EVAL_TOKENS"]
+
+
+def test_training_rows_follow_the_seed(smoke_dir, tokenizer):
+    train = B.open_tokens(os.path.join(smoke_dir, "train.bin"), tokenizer.vocab_size)
+    one = B.TrainRows(train, tokenizer.bos_id, seed=1)
+    again = B.TrainRows(train, tokenizer.bos_id, seed=1)
+    other = B.TrainRows(train, tokenizer.bos_id, seed=2)
+    a = np.concatenate([one.batch(8, 33) for _ in range(5)])
+    assert (a == np.concatenate([again.batch(8, 33) for _ in range(5)])).all()
+    assert not (a == np.concatenate([other.batch(8, 33) for _ in range(5)])).all()
+    # streams per row length are independent: asking for another length does not shift this one
+    mixed = B.TrainRows(train, tokenizer.bos_id, seed=1)
+    got = []
+    for _ in range(5):
+        got.append(mixed.batch(8, 33))
+        mixed.batch(3, 17)
+    assert (np.concatenate(got) == a).all()
+
+
+def test_token_dtype():
+    assert B.token_dtype(512) == np.dtype("<u2") and B.token_dtype(65536) == np.dtype("<u2")
+    assert B.token_dtype(65537) == np.dtype("<u4")
 
 
 # ---------------------------------------------------------------------------------------------
-# The metric
+# The runtime module (what train.py imports)
 # ---------------------------------------------------------------------------------------------
 
-class Uniform(torch.nn.Module):
-    """Logits all zeros: every target costs ln V nats."""
-
-    def __init__(self, vocab):
-        super().__init__()
-        self.vocab = vocab
-
-    def forward(self, x):
-        return torch.zeros(x.shape[0], x.shape[1], self.vocab)
-
-
-class Leaky(torch.nn.Module):
-    """Mixes a little of the whole sequence into every position: not causal."""
-
-    def __init__(self, vocab, amount):
-        super().__init__()
-        self.emb = torch.nn.Embedding(vocab, vocab)
-        self.amount = amount
-
-    def forward(self, x):
-        e = self.emb(x)
-        return e + self.amount * e.mean(dim=1, keepdim=True)
-
-
-class CumulativeMean(torch.nn.Module):
-    """Causal: position t sees the mean of positions <= t."""
-
-    def __init__(self, vocab):
-        super().__init__()
-        self.emb = torch.nn.Embedding(vocab, vocab)
-
-    def forward(self, x):
-        e = self.emb(x)
-        steps = torch.arange(1, x.shape[1] + 1, dtype=e.dtype).view(1, -1, 1)
-        return e.cumsum(dim=1) / steps
-
-
-def test_uniform_model_scores_log2_vocab_times_tokens_per_byte(smoke_dir, tmp_path, monkeypatch):
-    record_path = tmp_path / "result.json"
-    prep = load_fresh(smoke_dir, monkeypatch, AUTORESEARCH_RESULT_PATH=record_path, AUTORESEARCH_RUN_NONCE="n-123")
-    V, T = prep.VOCAB_SIZE, prep.MAX_SEQ_LEN
-    model = Uniform(V)
-    model.train()
-    prep.FLOAT_CHUNK_ELEMENTS = 3 * T * V                       # float32 work in chunks of 3 rows
-    bpb = prep.evaluate_bpb(model, 7)                           # 7 does not divide the row count
-    assert model.training                                       # mode restored
-
-    # Expected value from first principles: bytes per target from the tokenizer's merges.
-    tok = prep.get_tokenizer()
-    lengths = {i: len(b) for b, i in tok.ranks.items()}
-    val = np.fromfile(os.path.join(smoke_dir, "val.bin"), dtype="<u2")
-    targets = P.eval_rows(val, tok.bos_id, T, prep.EVAL_TOKENS // T)[:, 1:].reshape(-1)
-    scored = [lengths[int(t)] for t in targets if int(t) in lengths]
-    expected = math.log2(V) * len(scored) / sum(scored)
-    assert bpb == pytest.approx(expected, rel=1e-6)             # float32 cross-entropy
-
-    record = json.loads(record_path.read_text())
-    assert set(record) == {"schema", "val_bpb", "eval_tokens", "eval_bytes", "eval_seconds", "process_seconds",
-                           "nonce", "profile", "hashes", "device", "torch_version"}
-    with open(os.path.join(smoke_dir, "manifest.json")) as f:
-        man = json.load(f)
-    assert record["val_bpb"] == bpb and record["nonce"] == "n-123" and record["profile"] == "smoke"
-    assert record["eval_tokens"] == prep.EVAL_TOKENS == len(targets)
-    assert record["eval_bytes"] == sum(scored)
-    assert record["hashes"] == man["hashes"] and set(record["hashes"]) == set(P.EVAL_FILES)
-    assert record["device"] == "cpu" and record["torch_version"] == torch.__version__
-    assert 0 <= record["eval_seconds"] <= record["process_seconds"]
-
-    with pytest.raises(RuntimeError, match="already called"):
-        prep.evaluate_bpb(model, 7)                             # one metric per run
-
-
-def test_result_record_nonce_is_null_without_env(smoke_dir, tmp_path, monkeypatch):
-    record_path = tmp_path / "result.json"
-    prep = load_fresh(smoke_dir, monkeypatch, AUTORESEARCH_RESULT_PATH=record_path)
-    prep.evaluate_bpb(CumulativeMean(prep.VOCAB_SIZE), 8)       # a causal model passes the probe
-    assert json.loads(record_path.read_text())["nonce"] is None
-
-
-@pytest.mark.parametrize("amount", [1.0, 0.01])
-def test_non_causal_model_is_rejected(smoke_dir, tmp_path, monkeypatch, amount):
-    record_path = tmp_path / "result.json"
-    prep = load_fresh(smoke_dir, monkeypatch, AUTORESEARCH_RESULT_PATH=record_path)
-    with pytest.raises(RuntimeError, match="not causal"):
-        prep.evaluate_bpb(Leaky(prep.VOCAB_SIZE, amount), 8)
-    assert not record_path.exists()
-
-
-def test_tensor_subclass_logits_are_rejected(smoke_dir, tmp_path, monkeypatch):
-    """A Tensor subclass could override the very operations that compute the loss."""
-    class Flattering(torch.Tensor):
-        pass
-
-    class SubclassModel(torch.nn.Module):
-        def __init__(self, vocab):
-            super().__init__()
-            self.vocab = vocab
-
-        def forward(self, x):
-            return torch.zeros(*x.shape, self.vocab).as_subclass(Flattering)
-
-    record_path = tmp_path / "result.json"
-    prep = load_fresh(smoke_dir, monkeypatch, AUTORESEARCH_RESULT_PATH=record_path)
-    with pytest.raises(RuntimeError, match="plain torch.Tensor"):
-        prep.evaluate_bpb(SubclassModel(prep.VOCAB_SIZE), 8)
-    assert not record_path.exists()
-
-
-def test_wrong_logits_shape_is_a_clear_error(smoke_dir, monkeypatch):
-    prep = load_fresh(smoke_dir, monkeypatch)
-    with pytest.raises(RuntimeError, match=r"logits of shape \(B, T, 512\)"):
-        prep.evaluate_bpb(Uniform(100), 8)
-
-
-@pytest.mark.parametrize("name", ["val.bin", "tokenizer.json", "token_bytes.bin"])
-def test_tampered_file_fails_verify_and_evaluation(smoke_copy, monkeypatch, name):
+@pytest.mark.parametrize("name", ["val.bin", "train.bin", "tokenizer.json", "token_bytes.bin"])
+def test_tampered_file_fails_verify(smoke_copy, name):
     path = os.path.join(smoke_copy, name)
     with open(path, "r+b") as f:
         first = f.read(1)
         f.seek(0)
         f.write(bytes([first[0] ^ 1]))
     assert_one_line_error(run_cli("--verify", "--data-dir", smoke_copy), name, "--force")
-    prep = load_fresh(smoke_copy, monkeypatch)
-    with pytest.raises(RuntimeError, match=name.replace(".", r"\.")):
-        prep.evaluate_bpb(Uniform(prep.VOCAB_SIZE), 8)
+
+
+def test_runtime_constants_come_from_the_manifest_and_the_seed_from_the_environment(smoke_dir, monkeypatch):
+    prep = load_fresh(smoke_dir, monkeypatch)
+    assert (prep.PROFILE, prep.MAX_SEQ_LEN, prep.TIME_BUDGET, prep.VOCAB_SIZE) == ("smoke", 64, 3, 512)
+    assert prep.EVAL_BATCH == 8 and prep.BUDGET_SLACK == 0.15 and prep.SEED == 42
+    assert prep.get_tokenizer().bos_id == 508
+    assert load_fresh(smoke_dir, monkeypatch, AUTORESEARCH_SEED=7).SEED == 7
+    with pytest.raises(RuntimeError, match="AUTORESEARCH_SEED"):
+        load_fresh(smoke_dir, monkeypatch, AUTORESEARCH_SEED="-1")
+
+
+def test_dataloader_without_the_server_is_a_clear_error(smoke_dir, monkeypatch):
+    prep = load_fresh(smoke_dir, monkeypatch)
+    for call in (lambda: prep.make_dataloader(4, 16, "cpu"), prep.budget_used,
+                 lambda: prep.finish_training(torch.nn.Linear(2, 2))):
+        with pytest.raises(RuntimeError, match="run_experiment"):
+            call()
+    with pytest.raises(RuntimeError, match="MAX_SEQ_LEN"):
+        prep.make_dataloader(4, 65, "cpu")
+    with pytest.raises(RuntimeError, match="positive int"):
+        prep.make_dataloader(0, 16, "cpu")
+
+
+def test_runtime_module_is_short_and_holds_no_evaluation_or_preparation():
+    source = open(PREPARE_PY, encoding="utf-8").read()
+    assert len(source.splitlines()) <= 420
+    for name in ("evaluate_bpb", "val.bin", "train_tokenizer", "urllib", "cross_entropy"):
+        assert name not in source, name
 
 
 def test_verify_passes_on_untouched_data(smoke_dir):
@@ -437,7 +372,7 @@ def test_import_without_data_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
-    assert "no prepared data in" in last and str(tmp_path / "data") in last and "prepare.py --profile" in last
+    assert "no prepared data in" in last and str(tmp_path / "data") in last and "prepare_data.py --profile" in last
 
 
 def test_import_reads_constants_without_torch(smoke_dir):
@@ -462,8 +397,16 @@ def test_manifest_describes_every_file(smoke_dir, corpus_dir):
         path = os.path.join(smoke_dir, name)
         assert info == {"bytes": os.path.getsize(path), "sha256": P.sha256_file(path)}
     assert man["hashes"]["prepare.py"] == P.sha256_file(PREPARE_PY)
-    assert {k: man["files"][k]["sha256"] for k in P.EVAL_FILES if k != "prepare.py"} == \
+    assert set(man["hashes"]) == set(P.PINNED_FILES) == {"prepare.py", *P.DATA_FILES}
+    assert {k: man["files"][k]["sha256"] for k in P.DATA_FILES} == \
         {k: v for k, v in man["hashes"].items() if k != "prepare.py"}
+    assert man["prepared_by"] == {"prepare.py": P.sha256_file(PREPARE_PY),
+                                  "prepare_data.py": P.sha256_file(PREPARE_DATA_PY)}
+    const = man["constants"]
+    assert (const["EVAL_BATCH"], const["BUDGET_SLACK"], const["STARTUP_ALLOWANCE"], const["EXPORT_ALLOWANCE"]) == \
+        (8, 0.15, 60, 60)
+    for profile in P.PROFILES.values():
+        assert 0 < profile["BUDGET_SLACK"] <= 0.05 * profile["TIME_BUDGET"]
     assert man["corpus"]["documents"] == 40 == man["split"]["train_documents"] + man["split"]["val_documents"]
     assert man["split"]["val_ids"] == [f"s0/doc{i:03d}.txt" for i in (9, 19, 29, 39)]
     assert man["tokenizer"]["bos_id"] == 508 and man["tokenizer"]["vocab_size"] == 512

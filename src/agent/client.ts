@@ -31,11 +31,14 @@ export class ToolError extends Error {
 export class ResearchClient {
   private constructor(readonly client: Client) {}
 
-  /** Starts `autoresearch-mcp serve` for a workspace as a child process and connects over stdio. */
+  /**
+   * Starts `autoresearch-mcp serve --no-daemon` for a workspace as a child process and connects
+   * over stdio: a scripted agent owns its server for its lifetime (no background lab left behind).
+   */
   static async spawn(workspace: string, options: { serverArgs?: string[]; serverLog?: string; name?: string } = {}): Promise<ResearchClient> {
     const transport = new StdioClientTransport({
       command: process.execPath,
-      args: [join(PACKAGE_ROOT, 'dist', 'cli.js'), 'serve', '--workspace', workspace, ...(options.serverArgs ?? [])],
+      args: [join(PACKAGE_ROOT, 'dist', 'cli.js'), 'serve', '--workspace', workspace, '--no-daemon', ...(options.serverArgs ?? [])],
       env: Object.fromEntries(Object.entries(process.env).filter((entry): entry is [string, string] => entry[1] !== undefined)),
       stderr: options.serverLog ? 'pipe' : 'inherit',
     });

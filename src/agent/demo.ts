@@ -3,6 +3,7 @@ import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { createWorkspace, type Profile } from '../core/init.js';
 import { Lab } from '../core/lab.js';
+import { PACKAGE_ROOT } from '../core/paths.js';
 import { findPython } from '../core/python.js';
 import { writeReport } from '../core/report.js';
 import { Workspace } from '../core/workspace.js';
@@ -33,7 +34,7 @@ function write(line = ''): void {
 }
 
 /** `autoresearch-mcp demo`: a fresh workspace, the real server over stdio, a scripted session, a report. */
-export async function runDemo(options: { dir?: string; profile?: Profile }): Promise<number> {
+export async function runDemo(options: { dir?: string; profile?: Profile; unsandboxed?: boolean }): Promise<number> {
   const started = Date.now();
   const python = await findPython();
   const profile: Profile = options.profile ?? (python.cuda ? 'gpu' : 'cpu');
@@ -48,7 +49,11 @@ export async function runDemo(options: { dir?: string; profile?: Profile }): Pro
   write(`    training budget ${meta.timeBudget} s per experiment`);
 
   write('2/4 starting the MCP server (stdio) and a scripted agent session...');
-  const client = await ResearchClient.spawn(dir, { serverLog: join(dir, '.autoresearch', 'server.log'), name: 'autoresearch-demo' });
+  const client = await ResearchClient.spawn(dir, {
+    serverLog: join(dir, '.autoresearch', 'server.log'),
+    name: 'autoresearch-demo',
+    serverArgs: options.unsandboxed ? ['--unsandboxed'] : [],
+  });
   let tsv = '';
   let history: { commit: string; subject: string }[] = [];
   try {
@@ -93,6 +98,8 @@ export async function runDemo(options: { dir?: string; profile?: Profile }): Pro
   }
   write(`report: ${reportPath}`);
   write(`done in ${((Date.now() - started) / 1000).toFixed(0)} s. Serve this workspace to your MCP host with:`);
-  write(`    npx autoresearch-mcp serve --workspace ${dir}`);
+  // Not `npx autoresearch-mcp`: the package is not on the npm registry. This Node and this
+  // checkout's cli.js are what a host config should name (the same Node built better-sqlite3).
+  write(`    ${process.execPath} ${join(PACKAGE_ROOT, 'dist', 'cli.js')} serve --workspace ${dir}`);
   return 0;
 }

@@ -183,6 +183,16 @@ export async function runPlan(client: ResearchClient, plan: Plan, reporter: Plan
   };
   const results = await client.call('get_results', { limit: 1 });
   if (plan.baseline && results.best === null) finish(await runStep(client, undefined, 'baseline', reporter));
+  // The noise floor first: without it no gain can be told from luck, and auto keeps nothing.
+  const status = await client.call('status');
+  if (!status.noise || status.noise.id === undefined) {
+    const measured = await client.call('measure_noise', {});
+    for (const experiment of measured.experiments as { id: number }[]) {
+      reporter.stepStarted?.(`noise run of the head`, experiment.id);
+      const done = await client.waitForExperiment(experiment.id, (p) => reporter.progress?.(experiment.id, p));
+      finish({ description: `noise run (seed ${done.seed ?? '?'})`, experimentId: experiment.id, status: done.status, valBpb: done.val_bpb, decision: 'noise' });
+    }
+  }
   for (const step of plan.steps) {
     const outcome = finish(await runStep(client, step, step.description, reporter));
     if (plan.on_crash === 'stop' && ['crashed', 'timed_out'].includes(outcome.status)) break;
@@ -198,13 +208,23 @@ export function formatOutcome(outcome: StepOutcome): string {
 }
 
 /** `autoresearch-mcp agent`: runs a plan file or a sweep against a workspace or an HTTP server. */
-export async function runAgentCommand(options: { workspace?: string; plan?: string; sweep?: string[]; url?: string; token?: string }): Promise<number> {
+export async function runAgentCommand(options: {
+  workspace?: string;
+  plan?: string;
+  sweep?: string[];
+  url?: string;
+  token?: string;
+  unsandboxed?: boolean;
+}): Promise<number> {
   if (!options.plan === !options.sweep?.length) throw new PlanError('Give either --plan FILE or --sweep NAME=v1,v2,...');
   if (!options.url && !options.workspace) throw new PlanError('Give --workspace DIR (a server is started for it) or --url of a running server.');
   const planText = options.plan ? await readFile(resolve(options.plan), 'utf8') : undefined;
   const client = options.url
     ? await ResearchClient.http(options.url, { token: options.token })
-    : await ResearchClient.spawn(resolve(options.workspace as string), { serverLog: resolve(options.workspace as string, '.autoresearch', 'server.log') });
+    : await ResearchClient.spawn(resolve(options.workspace as string), {
+        serverLog: resolve(options.workspace as string, '.autoresearch', 'server.log'),
+        serverArgs: options.unsandboxed ? ['--unsandboxed'] : [],
+      });
   try {
     const trainPy = (await client.call('read_train_py')).text as string;
     const plan = planText !== undefined ? parsePlan(planText, trainPy, options.plan) : sweepPlan(options.sweep ?? [], trainPy);

@@ -1,5 +1,7 @@
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
+import { appendFileSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import type Database from 'better-sqlite3';
 
 /**
@@ -9,14 +11,20 @@ import type Database from 'better-sqlite3';
  * SHA-256 of a canonical serialisation of all its other fields. Triggers refuse UPDATE and DELETE
  * and only accept inserts that extend the chain, so an edit needs someone who drops the triggers
  * with direct file access; `verify()` then finds the first row that was edited, removed or moved.
- * What a chain cannot show alone is rows cut from the end (or a chain rebuilt from scratch):
- * record `headSeq`/`headHash` from a verification elsewhere and pass them back as an anchor.
+ * What a chain cannot show alone is rows cut from the end, or a chain rebuilt and re-hashed from
+ * scratch. So every append also writes the new head (`seq hash`, one line) to an append-only
+ * anchor file beside the database (`audit.anchor`, opened O_APPEND for each line), and `verify()`
+ * checks that every anchored (seq, hash) still matches the database's row at that seq and that
+ * the database reaches the anchor's head. A head recorded elsewhere (the report prints it) can
+ * be passed to `verify()` as well.
  */
 
 export const GENESIS_HASH = '0'.repeat(64);
 export const DEFAULT_RESULT_LIMIT_BYTES = 16 * 1024;
 /** Prefix of the hashed serialisation, so a future format can never collide with this one. */
 const HASH_FORMAT = 'autoresearch-audit-v1';
+/** The anchor file's name, in the folder that holds the database. */
+export const ANCHOR_FILE = 'audit.anchor';
 /** Rows fetched per query while exporting; pages keep no statement open across awaits. */
 const EXPORT_PAGE_ROWS = 500;
 
@@ -142,8 +150,17 @@ export interface AuditAnchor {
   hash: string;
 }
 
+/** What `verify()` found in the anchor file (absent when the caller verified rows without a log). */
+export type AnchorCheck =
+  /** The database matches every line of the anchor; `unanchoredRows` rows follow its head (written after it). */
+  | { state: 'anchored'; path: string; headSeq: number; headHash: string; lines: number; unanchoredRows: number }
+  /** No anchor file (a log older than anchoring): the chain is only checked against itself. */
+  | { state: 'missing'; path: string; message: string }
+  /** An in-memory log or one opened with `anchorPath: null`. */
+  | { state: 'disabled' };
+
 export type AuditVerification =
-  | { ok: true; rows: number; headSeq: number; headHash: string }
+  | { ok: true; rows: number; headSeq: number; headHash: string; anchor?: AnchorCheck }
   | { ok: false; rows: number; firstBadSeq: number; reason: string };
 
 export interface AuditSummary {
@@ -177,6 +194,11 @@ export interface AuditSummary {
 export interface AuditLogOptions {
   /** Result JSON kept per row; larger results are cut (their full SHA-256 and size are kept). */
   resultLimitBytes?: number;
+  /**
+   * The append-only anchor file. Default: `audit.anchor` beside the database file; none for an
+   * in-memory database. `null` turns anchoring off.
+   */
+  anchorPath?: string | null;
 }
 
 /** Column order of CSV exports; the same names as the table. */
@@ -225,6 +247,8 @@ interface AuditRecord {
 }
 
 export class AuditLog {
+  /** Where each append's head is anchored; null when anchoring is off. */
+  readonly anchorPath: string | null;
   private readonly resultLimitBytes: number;
   private readonly selectHead: Database.Statement<[], { seq: number; hash: string }>;
   private readonly insertRow: Database.Statement<AuditRecord>;
@@ -236,6 +260,7 @@ export class AuditLog {
     options: AuditLogOptions = {},
   ) {
     this.resultLimitBytes = options.resultLimitBytes ?? DEFAULT_RESULT_LIMIT_BYTES;
+    this.anchorPath = options.anchorPath !== undefined ? options.anchorPath : db.memory || db.name === '' ? null : join(dirname(db.name), ANCHOR_FILE);
     this.selectHead = db.prepare('SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1');
     this.insertRow = db.prepare(
       `INSERT INTO audit_log (${AUDIT_CSV_COLUMNS.join(', ')})
@@ -261,7 +286,7 @@ export class AuditLog {
     const resultBuffer = resultText === null ? null : Buffer.from(resultText, 'utf8');
     // BEGIN IMMEDIATE takes the write lock before the head is read, so concurrent writers queue
     // (busy_timeout) instead of both extending the same head.
-    return this.appendInTransaction.immediate({
+    const row = this.appendInTransaction.immediate({
       ts: toIso(entry.ts ?? Date.now()),
       transport: entry.transport ?? null,
       mcpSessionId: storableText(entry.mcpSessionId),
@@ -279,21 +304,34 @@ export class AuditLog {
       experimentId: entry.experimentId ?? null,
       message: storableText(entry.message),
     });
+    // After the commit: a line is never written for a row that was rolled back. A crash between
+    // the two leaves the row unanchored, which verify() reports (it is not a failure).
+    if (this.anchorPath !== null) appendAnchorLine(this.anchorPath, row);
+    return row;
   }
 
   list(filter: AuditFilter = {}): AuditRow[] {
     return this.query(filter).map(fromRecord);
   }
 
-  /** Re-hashes the whole chain in seq order; streams rows, so any log size fits in memory. */
+  /**
+   * Re-hashes the whole chain in seq order (streaming rows, so any log size fits in memory), then
+   * checks it against the anchor file: every anchored (seq, hash) must still be the database's
+   * row at that seq, and the database must reach the anchor's head. `anchor` is an extra head
+   * recorded elsewhere (e.g. copied from a report).
+   */
   verify(anchor?: AuditAnchor): AuditVerification {
     const rows = this.db.prepare<[], AuditRecord>('SELECT * FROM audit_log ORDER BY seq').iterate();
-    return verifyAuditChain(
+    const chain = verifyAuditChain(
       (function* () {
         for (const record of rows) yield fromRecord(record);
       })(),
       anchor,
     );
+    if (!chain.ok) return chain;
+    if (this.anchorPath === null) return { ...chain, anchor: { state: 'disabled' } };
+    const hashAt = this.db.prepare<[number], { hash: string }>('SELECT hash FROM audit_log WHERE seq = ?');
+    return checkAnchor(chain, this.anchorPath, (seq) => hashAt.get(seq)?.hash);
   }
 
   /** One JSON object (an AuditRow) per line: without `out` as a string, with `out` streamed. */
@@ -475,6 +513,109 @@ export function verifyAuditChain(rows: Iterable<AuditRow>, anchor?: AuditAnchor)
     return fail(anchor.seq, `the log ends at seq ${checked} but seq ${anchor.seq} was recorded: rows were cut from the end`);
   }
   return { ok: true, rows: checked, headSeq: checked, headHash: previousHash };
+}
+
+// ---- the anchor file ------------------------------------------------------------------------------
+
+export interface AnchorLine {
+  seq: number;
+  hash: string;
+}
+
+export interface AnchorFile {
+  path: string;
+  /** The line with the highest seq (appenders on one database may finish their lines out of order). */
+  head: AnchorLine | undefined;
+  lines: AnchorLine[];
+  /** 1-based line number and text of the first line that is not `seq hash`. */
+  malformed?: { line: number; text: string };
+}
+
+/** O_APPEND|O_CREAT for every line: a short write lands whole at the end, also from several processes. */
+function appendAnchorLine(path: string, row: { seq: number; hash: string }): void {
+  try {
+    appendFileSync(path, `${row.seq} ${row.hash}\n`, { flag: 'a', mode: 0o600 });
+  } catch (error) {
+    throw new Error(`audit row ${row.seq} was stored, but its anchor line could not be written to ${path}: ${(error as Error).message}`);
+  }
+}
+
+/** Reads an anchor file; undefined when it does not exist. */
+export function readAnchorFile(path: string): AnchorFile | undefined {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw error;
+  }
+  const lines: AnchorLine[] = [];
+  let head: AnchorLine | undefined;
+  let malformed: AnchorFile['malformed'];
+  const texts = text.split('\n');
+  if (texts[texts.length - 1] === '') texts.pop();
+  texts.forEach((line, index) => {
+    const match = /^([1-9][0-9]*) ([0-9a-f]{64})$/.exec(line);
+    if (!match) {
+      malformed ??= { line: index + 1, text: line.slice(0, 80) };
+      return;
+    }
+    const entry = { seq: Number(match[1]), hash: match[2] };
+    lines.push(entry);
+    if (!head || entry.seq > head.seq) head = entry;
+  });
+  return { path, head, lines, ...(malformed ? { malformed } : {}) };
+}
+
+/**
+ * The anchored head of the audit log of a workspace's state folder (`.autoresearch/`), for the
+ * report and the CLI to print; undefined when there is no anchor (yet).
+ */
+export function anchorHead(stateDir: string): (AnchorLine & { path: string; lines: number }) | undefined {
+  const file = readAnchorFile(join(stateDir, ANCHOR_FILE));
+  return file?.head ? { ...file.head, path: file.path, lines: file.lines.length } : undefined;
+}
+
+/** Checks an intact chain against the anchor file; `hashAt` gives the database's hash at a seq. */
+export function checkAnchor(
+  chain: Extract<AuditVerification, { ok: true }>,
+  path: string,
+  hashAt: (seq: number) => string | undefined,
+): AuditVerification {
+  const file = readAnchorFile(path);
+  const fail = (firstBadSeq: number, reason: string): AuditVerification => ({ ok: false, rows: chain.rows, firstBadSeq, reason });
+  if (!file || (file.lines.length === 0 && !file.malformed)) {
+    const message =
+      chain.rows === 0
+        ? `no anchor at ${path} yet: it is created with the first audited call`
+        : `no anchor at ${path}: the log was written before anchoring (or the anchor was removed). The anchor is created from now on, ` +
+          `with the next audited call; until then the chain is only checked against itself, and a database rewritten and re-hashed as a whole would not be detected.`;
+    return { ...chain, anchor: { state: 'missing', path, message } };
+  }
+  if (file.malformed) {
+    return fail(chain.rows + 1, `line ${file.malformed.line} of the anchor ${path} is not "seq hash" (${JSON.stringify(file.malformed.text)}): the anchor was damaged`);
+  }
+  const head = file.head!;
+  if (head.seq > chain.headSeq) {
+    return fail(
+      chain.headSeq + 1,
+      `the database ends at seq ${chain.headSeq} but the anchor records seq ${head.seq}: rows were cut from the end of the audit log in the database (or the database was replaced)`,
+    );
+  }
+  for (const line of file.lines) {
+    const hash = hashAt(line.seq);
+    if (hash !== line.hash) {
+      return fail(
+        line.seq,
+        `the audit log in the database does not match the anchor at seq ${line.seq}: the database was rewritten ` +
+          `(the anchor ${path} records ${line.hash.slice(0, 16)}…, the database has ${hash === undefined ? 'no row' : `${hash.slice(0, 16)}…`})`,
+      );
+    }
+  }
+  return {
+    ...chain,
+    anchor: { state: 'anchored', path, headSeq: head.seq, headHash: head.hash, lines: file.lines.length, unanchoredRows: chain.headSeq - head.seq },
+  };
 }
 
 function fromRecord(record: AuditRecord): AuditRow {

@@ -139,6 +139,24 @@ function describeCodePoint(ch: string): string {
   return `U+${ch.codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')}`;
 }
 
+/**
+ * Refuses a change that adds U+FFFD, the replacement character: it is what invalid UTF-8
+ * becomes when a client or transport decodes it leniently, so a patch carrying one was almost
+ * certainly damaged in transit. A train.py that already held such characters keeps them.
+ */
+export function checkNoReplacementCharacter(before: string, after: string): { ok: true } | { ok: false; error: string } {
+  const count = (text: string) => text.split('\uFFFD').length - 1;
+  if (count(after) <= count(before)) return { ok: true };
+  const index = after.indexOf('\uFFFD', 0);
+  return {
+    ok: false,
+    error:
+      `The change adds U+FFFD (the replacement character) at line ${after.slice(0, index).split('\n').length}: that is what invalid UTF-8 ` +
+      'turns into on the way, so the patch was refused and nothing was written. Re-send it as valid UTF-8; if you really mean the ' +
+      'character, write the escape "\\ufffd" inside a string literal.',
+  };
+}
+
 /** Checks a candidate train.py: size limit, valid Unicode, no NUL/control/bidi characters. */
 export function checkTrainPyText(text: string): { ok: true } | PatchFailure {
   const bytes = utf8Length(text);

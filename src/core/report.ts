@@ -102,10 +102,11 @@ export function resultStatus(experiment: Experiment): ResultStatus {
  * - status: see {@link resultStatus}.
  * - description: tabs, newlines and other control characters replaced by spaces.
  */
-export function resultsTsv(experiments: Experiment[]): string {
+export function resultsTsv(experiments: Experiment[], options: { noise?: NoiseBand | null } = {}): string {
   const rows = ['commit\tval_bpb\tmemory_gb\tstatus\tdescription'];
   for (const experiment of experiments) {
     if (!isFinished(experiment)) continue;
+    if (experiment.kind !== undefined && experiment.kind !== 'candidate') continue;
     const status = resultStatus(experiment);
     const commit = experiment.candidateCommit ? experiment.candidateCommit.slice(0, 7) : '-------';
     const valBpb = status === 'crash' ? '0.000000' : (experiment.valBpb as number).toFixed(6);
@@ -113,7 +114,23 @@ export function resultsTsv(experiments: Experiment[]): string {
     const memoryGb = isNum(memory) && memory > 0 ? (memory / 1024).toFixed(1) : '0.0';
     rows.push([commit, valBpb, memoryGb, status, oneLine(experiment.description ?? '')].join('\t'));
   }
+  const noise = options.noise;
+  if (noise && Number.isFinite(noise.sigma)) {
+    // A comment line after the rows: upstream readers that stop at '#' or skip it keep working.
+    rows.push(`# noise: sigma ${noise.sigma.toFixed(6)}, MAD ${noise.mad.toFixed(6)}, k ${noise.k}, commit ${noise.commit.slice(0, 7)}, ${noise.profile} on ${noise.machine}${noise.stale ? ' (stale)' : ''}`);
+  }
   return `${rows.join('\n')}\n`;
+}
+
+/** The measured noise floor, as the TSV and the report show it. */
+export interface NoiseBand {
+  sigma: number;
+  mad: number;
+  k: number;
+  commit: string;
+  profile: string;
+  machine: string;
+  stale?: boolean;
 }
 
 /** Baseline (the first kept result, else the first result) and best (lowest kept, else lowest). */
@@ -136,6 +153,8 @@ export interface ChartOptions {
   maxLabelChars?: number;
   /** At most this many kept points are labelled (the baseline and the biggest gains); default 14. */
   maxLabels?: number;
+  /** Measured seed-to-seed sigma: drawn as a band of +-sigma around the running best. */
+  noiseSigma?: number | null;
 }
 
 /** Focused y-range for the metric values; values above `clipAbove` are drawn clipped at the top. */
@@ -234,7 +253,8 @@ export function progressChartSvg(experiments: Experiment[], options: ChartOption
   const title = options.title ?? 'val_bpb by experiment';
   const maxLabelChars = options.maxLabelChars ?? 42;
   const maxLabels = options.maxLabels ?? 14;
-  const finished = experiments.filter(isFinished).sort((a, b) => a.id - b.id);
+  // Noise and confirmation runs re-measure existing commits; the chart shows candidates.
+  const finished = experiments.filter((e) => isFinished(e) && (e.kind === undefined || e.kind === 'candidate')).sort((a, b) => a.id - b.id);
   const open = `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 ${width} ${height}" width="${width}" height="${height}" role="img" font-family="${FONT}" class="progress-chart"`;
   const titleText = `<text x="24" y="30" font-size="17" font-weight="600" fill="${COLOR.ink}">${escapeHtml(title)}</text>`;
   if (finished.length === 0) {
@@ -362,6 +382,28 @@ export function progressChartSvg(experiments: Experiment[], options: ChartOption
       }
     }
     d += `H${r(Math.max(xOf(finished.length - 1), xOf(keptPoints[0].index)) + slot * 0.4)}`;
+    const sigma = options.noiseSigma;
+    if (sigma !== undefined && sigma !== null && Number.isFinite(sigma) && sigma > 0) {
+      // +-sigma around each step of the running best: a gain inside the band may be luck.
+      const bands: string[] = [];
+      let from = keptPoints[0].index;
+      let value = keptPoints[0].experiment.valBpb as number;
+      const end = Math.max(finished.length - 1, from);
+      const band = (x0: number, x1: number, v: number) => {
+        const top = yOf(v - sigma);
+        const bottom = yOf(v + sigma);
+        bands.push(`<rect x="${r(x0)}" y="${r(Math.min(top, bottom))}" width="${r(Math.max(x1 - x0, 1))}" height="${r(Math.abs(bottom - top))}"/>`);
+      };
+      for (const { experiment, index } of keptPoints.slice(1)) {
+        if ((experiment.valBpb as number) < value) {
+          band(xOf(from), xOf(index), value);
+          from = index;
+          value = experiment.valBpb as number;
+        }
+      }
+      band(xOf(from), xOf(end) + slot * 0.4, value);
+      parts.push(`<g class="noise-band" fill="${COLOR.kept}" fill-opacity="0.12"><title>noise floor: running best +- sigma ${sigma.toFixed(6)}</title>${bands.join('')}</g>`);
+    }
     parts.push(`<path class="best-line" d="${d}" fill="none" stroke="${COLOR.kept}" stroke-width="2" stroke-opacity="0.85" stroke-linejoin="round"/>`);
   }
 
@@ -529,6 +571,8 @@ export interface ReportData {
   history?: { commit: string; subject: string }[];
   audit: AuditView | null;
   integrity: IntegrityView;
+  /** The measured noise floor (measure_noise), if any. */
+  noise?: NoiseBand | null;
 }
 
 const STATUS_LABEL: Record<string, string> = {
@@ -999,7 +1043,8 @@ h3.sub-h .dim { font-weight: 450; }
 </header>
 <div class="cards">${cards}</div>
 <section class="panel chart" aria-label="progress chart">
-${progressChartSvg(experiments, { width: 1040, height: 500 })}
+${progressChartSvg(experiments, { width: 1040, height: 500, noiseSigma: data.noise?.sigma ?? null })}
+${data.noise && Number.isFinite(data.noise.sigma) ? `<p class="muted">noise floor: sigma ${data.noise.sigma.toFixed(6)}, MAD ${data.noise.mad.toFixed(6)} over ${data.noise.k} runs of ${escapeHtml(short(data.noise.commit))} (${escapeHtml(data.noise.profile)} on ${escapeHtml(data.noise.machine)})${data.noise.stale ? ', stale' : ''}; the shaded band is the running best +- sigma</p>` : ''}
 </section>
 <section class="panel" id="experiments">
 <h2>Experiments <span class="count">${experiments.length} · click a column to sort, a point in the chart to find its row</span></h2>
@@ -1062,6 +1107,7 @@ export async function loadReportData(lab: Lab): Promise<ReportData> {
     audit = null;
   }
   return {
+    noise: lab.noiseFloor(),
     generatedAt: Date.now(),
     workspace: status.workspace,
     branch: status.branch,

@@ -1,10 +1,26 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { randomInt } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { closeSync, existsSync, openSync, readSync, statSync } from 'node:fs';
-import { mkdir, readFile } from 'node:fs/promises';
-import { join } from 'node:path';
-import { sha256File } from './hashing.js';
+import { mkdir } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { sha256, sha256File } from './hashing.js';
+import { PACKAGE_ROOT } from './paths.js';
+import { cleanRunFolder, runFolder, writeRunFolder, writeSpec, type RunFolder, type SupervisorSpec } from './run-folder.js';
+import {
+  EVAL_DATA,
+  EVAL_IN,
+  evaluatorArgv,
+  findBwrap,
+  hostFacts,
+  outsideSystemDirs,
+  probePythonLayout,
+  TRAINER_DATA,
+  TRAINER_SCRATCH,
+  trainerArgv,
+  type HostFacts,
+  type PythonLayout,
+} from './sandbox.js';
 
 /** Progress parsed from train.py's `step 00042 (12.3%) | loss: 4.123456 | ...` lines. */
 export interface RunProgress {
@@ -13,7 +29,7 @@ export interface RunProgress {
   loss: number;
 }
 
-/** The summary block train.py prints; informative only, never the source of val_bpb. */
+/** The summary block train.py prints; informative only, never the source of val_bpb or times. */
 export type Summary = Partial<Record<(typeof SUMMARY_KEYS)[number], number>>;
 export const SUMMARY_KEYS = [
   'val_bpb',
@@ -27,37 +43,81 @@ export const SUMMARY_KEYS = [
   'depth',
 ] as const;
 
-export interface ResultRecord {
-  val_bpb: number;
-  eval_tokens: number;
-  eval_bytes: number;
-  eval_seconds?: number;
-  nonce: string | null;
-  hashes: Record<string, string>;
-  [key: string]: unknown;
+/** supervise.py's one JSON line on stdout (docs/run-protocol.md, "Phase 1"). */
+export interface SupervisorReport {
+  outcome: 'handed_over' | 'over_budget' | 'exited' | 'error';
+  reason?: string;
+  startup_seconds?: number | null;
+  training_seconds?: number | null;
+  export_seconds?: number | null;
+  batches_served?: number | null;
+  tokens_served?: number | null;
+  cpu_seconds?: number | null;
+  exit_code?: number | null;
+  signal?: string | null;
+  weights_sha256?: string | null;
+  model_sha256?: string | null;
 }
 
-export type RunStatus = 'succeeded' | 'crashed' | 'timed_out' | 'cancelled' | 'rejected';
+/** evaluate.py's one JSON object on fd 3 (docs/run-protocol.md, "Phase 2"). */
+export type EvaluatorResult =
+  | {
+      ok: true;
+      val_bpb: number;
+      eval_tokens: number;
+      eval_bytes: number;
+      eval_seconds?: number;
+      model_sha256: string;
+      checks?: Record<string, string>;
+    }
+  | { ok: false; reason: string; message: string; model_sha256?: string };
+
+export type RunStatus = 'succeeded' | 'crashed' | 'over_budget' | 'timed_out' | 'cancelled' | 'rejected';
 
 export interface RunOutcome {
   status: RunStatus;
-  record?: ResultRecord;
-  summary: Summary;
+  /** Why it did not succeed, for the user (and the agent). */
   error?: string;
+  /** Informative only: what train.py printed. */
+  summary: Summary;
+  /** The trainer's exit (from the supervisor), or the supervisor's own when it reported nothing. */
   exitCode: number | null;
   signal: string | null;
   startedAt: number;
   finishedAt: number;
   logTail: string;
+  /** False for runs made with --unsandboxed: their numbers are unverified. */
+  sandboxed: boolean;
+  seed: number;
+  /** From the evaluator only. */
+  valBpb?: number;
+  evalTokens?: number;
+  evalBytes?: number;
+  evalSeconds?: number;
+  /** Measured by the supervisor. */
+  trainingSeconds?: number;
+  startupSeconds?: number;
+  exportSeconds?: number;
+  cpuSeconds?: number;
+  tokensServed?: number;
+  batchesServed?: number;
+  modelSha256?: string;
+  weightsSha256?: string;
+  /** The pins every file matched before the run. */
+  hashes?: Record<string, string>;
+  supervisor?: SupervisorReport;
+  evaluation?: EvaluatorResult;
 }
 
 export interface RunRequest {
   experimentId: number;
-  /** Folder holding train.py and prepare.py at the candidate commit. */
-  cwd: string;
-  logPath: string;
-  resultPath: string;
+  /** The candidate commit: train.py and prepare.py are read from its blobs. */
+  commit: string;
+  /** The run folder R. */
+  runDir: string;
   slot: Slot;
+  /** Seeds initialisation and the data order; default 42. */
+  seed?: number;
 }
 
 export interface Slot {
@@ -66,21 +126,61 @@ export interface Slot {
   cudaDevices?: string;
 }
 
-export interface RunnerOptions {
-  python: string;
-  dataDir: string;
-  /** name -> sha256 of every file the evaluation depends on, pinned at workspace creation. */
-  pins: Record<string, string>;
-  /** Where each pinned file lives for a run in `cwd` (prepare.py is per-worktree, data files shared). */
-  pinnedFilePath: (name: string, cwd: string) => string;
-  ceilingSeconds: number;
-  /** Seconds between SIGTERM and SIGKILL when a run is stopped. */
-  killGraceSeconds?: number;
-  extraEnv?: Record<string, string>;
+export interface Budget {
+  /** TIME_BUDGET: seconds of training from the first batch to the hand-over. */
+  timeBudget: number;
+  /** Seconds over the budget that still count as within it. */
+  slack: number;
+  startupAllowance: number;
+  exportAllowance: number;
+  maxBatchTokens: number;
+  /** Size of the trainer's scratch tmpfs (and its /tmp). */
+  scratchBytes: number;
 }
+
+export const DEFAULT_SEED = 42;
+
+export interface RunnerOptions {
+  /** The host interpreter: runs supervise.py, and the trainer and evaluator (inside the sandbox when sandboxed). */
+  python: string;
+  /** 'bwrap': both phases in bubblewrap sandboxes; 'none': the same pipeline without (results unverified). */
+  sandbox: 'bwrap' | 'none';
+  dataDir: string;
+  /** The pinned harness copies (<state>/harness). */
+  harnessDir: string;
+  /** name -> sha256: harness/<file>, data files, and prepare.py (the workspace's blob). */
+  pins: Record<string, string>;
+  /** `git show <commit>:<path>` of the workspace. */
+  readBlob: (commit: string, path: string) => Promise<string>;
+  budget: Budget;
+  ceilingSeconds: number;
+  /** Host paths a sandbox must never expose (workspace, state folder, data folder). */
+  forbidden?: string[];
+  extraEnv?: Record<string, string>;
+  /** Facts about this machine and the interpreter; probed on first use when absent (tests state them). */
+  hostFacts?: HostFacts;
+  pythonLayout?: PythonLayout;
+}
+
+/** Pin names of the harness copies. */
+export const HARNESS_PIN_PREFIX = 'harness/';
+/** The workspace's own prepare.py: the candidate commit's blob must equal the pinned harness copy. */
+export const WORKSPACE_PREPARE = 'prepare.py';
 
 const PROGRESS_LINE = /^step\s+(\d+)\s+\(\s*([\d.]+)%\)\s*\|\s*loss:\s*([-+\d.eE]+|nan|inf)/;
 const LOG_TAIL_BYTES = 8192;
+/** Environment variables passed from ours into runs: locale and numeric-library tuning only. */
+const INHERITED_ENV = [
+  'LANG',
+  'LC_ALL',
+  'OPENBLAS_CORETYPE',
+  'OPENBLAS_L2_SIZE',
+  'OPENBLAS_NUM_THREADS',
+  'OMP_NUM_THREADS',
+  'MKL_NUM_THREADS',
+  'MALLOC_TRIM_THRESHOLD_',
+  'MALLOC_MMAP_THRESHOLD_',
+];
 
 export function parseProgressLine(line: string): RunProgress | undefined {
   const match = PROGRESS_LINE.exec(line.trim());
@@ -103,33 +203,66 @@ export function parseSummary(log: string): Summary {
   return summary;
 }
 
-/**
- * Checks the harness's result record: it must exist, parse, echo this run's nonce, carry the pinned
- * hashes and a finite metric. Returns the record or a reason it cannot be trusted.
- */
-export function validateResultRecord(
-  raw: string | undefined,
-  nonce: string,
-  pins: Record<string, string>,
-): { record: ResultRecord } | { error: string } {
-  if (raw === undefined) return { error: 'the harness wrote no result record (evaluate_bpb never finished)' };
-  let record: ResultRecord;
-  try {
-    record = JSON.parse(raw);
-  } catch {
-    return { error: 'the result record is not valid JSON' };
-  }
-  if (record === null || typeof record !== 'object') return { error: 'the result record is not a JSON object' };
-  if (record.nonce !== nonce) return { error: 'the result record does not carry this run\'s nonce (stale or forged)' };
-  if (typeof record.val_bpb !== 'number' || !Number.isFinite(record.val_bpb) || record.val_bpb <= 0) {
-    return { error: `the result record's val_bpb is not a positive finite number (${String(record.val_bpb)})` };
-  }
-  for (const [name, hash] of Object.entries(pins)) {
-    if (record.hashes?.[name] !== hash) {
-      return { error: `the result record's hash of ${name} does not match the pinned hash` };
+/** The last line of `text` that parses as a JSON object, or undefined. */
+export function lastJsonObject(text: string): Record<string, unknown> | undefined {
+  const lines = text.split('\n').map((line) => line.trim()).filter(Boolean);
+  for (let i = lines.length - 1; i >= 0; i -= 1) {
+    try {
+      const value = JSON.parse(lines[i]);
+      if (value !== null && typeof value === 'object' && !Array.isArray(value)) return value;
+    } catch {
+      // not JSON: keep looking
     }
   }
-  return { record };
+  try {
+    const whole = JSON.parse(text);
+    return whole !== null && typeof whole === 'object' && !Array.isArray(whole) ? whole : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+const OUTCOMES = ['handed_over', 'over_budget', 'exited', 'error'];
+
+export function parseSupervisorReport(stdout: string): SupervisorReport | undefined {
+  const report = lastJsonObject(stdout);
+  if (!report || !OUTCOMES.includes(report.outcome as string)) return undefined;
+  return report as unknown as SupervisorReport;
+}
+
+/** The evaluator's answer, or why it cannot be used. */
+export function parseEvaluatorResult(text: string): { result: EvaluatorResult } | { error: string } {
+  const value = lastJsonObject(text);
+  if (!value) return { error: text.trim() ? 'its result on fd 3 is not a JSON object' : 'it wrote no result on fd 3' };
+  if (value.ok === false) {
+    return {
+      result: {
+        ok: false,
+        reason: typeof value.reason === 'string' ? value.reason : 'unknown',
+        message: typeof value.message === 'string' ? value.message : 'no message',
+        model_sha256: typeof value.model_sha256 === 'string' ? value.model_sha256 : undefined,
+      },
+    };
+  }
+  if (value.ok !== true) return { error: 'its result has no "ok" field' };
+  const bpb = value.val_bpb;
+  if (typeof bpb !== 'number' || !Number.isFinite(bpb) || bpb <= 0) return { error: `its val_bpb is not a positive finite number (${String(bpb)})` };
+  for (const key of ['eval_tokens', 'eval_bytes'] as const) {
+    if (typeof value[key] !== 'number' || !Number.isFinite(value[key]) || (value[key] as number) <= 0) return { error: `its ${key} is not a positive number` };
+  }
+  if (typeof value.model_sha256 !== 'string') return { error: 'its result names no model_sha256' };
+  return { result: value as unknown as EvaluatorResult };
+}
+
+/**
+ * The trainer's last line of output in a log tail (the exception or SystemExit message that ended
+ * it), skipping the supervisor's and the evaluator's own lines; at most 300 characters.
+ */
+export function lastTrainerLine(logTail: string): string | undefined {
+  const lines = logTail.split('\n').map((l) => l.trim());
+  const last = lines.reverse().find((l) => l && !l.startsWith('supervise:') && !l.startsWith('[evaluate]'));
+  if (!last) return undefined;
+  return last.length > 300 ? `${last.slice(0, 299)}…` : last;
 }
 
 export function readLogTail(path: string, bytes = LOG_TAIL_BYTES): string {
@@ -147,20 +280,35 @@ export function readLogTail(path: string, bytes = LOG_TAIL_BYTES): string {
 }
 
 interface ActiveRun {
-  child: ChildProcess;
+  child?: ChildProcess;
   stopReason?: 'timed_out' | 'cancelled';
   progress?: RunProgress;
 }
 
+interface Exit {
+  exitCode: number | null;
+  signal: string | null;
+  /** What the child wrote on the piped fd (stdout for the supervisor, fd 3 for the evaluator). */
+  output: string;
+  spawnError?: string;
+}
+
 /**
- * Runs one experiment as its own process group with a hard wall-clock ceiling, and judges the
- * outcome from the harness's result record. Events: 'progress' (experimentId, RunProgress).
+ * Runs one experiment: pin check, run folder, supervise.py (which runs train.py in the trainer
+ * sandbox and measures the budget), then evaluate.py in the evaluator sandbox. Each process is
+ * its own process group, killed whole at the wall-clock ceiling or on cancel. The metric is the
+ * evaluator's; the times are the supervisor's. Events: 'progress' (experimentId, RunProgress).
  */
 export class ProcessRunner extends EventEmitter {
   private readonly active = new Map<number, ActiveRun>();
+  private layout?: Promise<{ facts: HostFacts; python: PythonLayout }>;
 
   constructor(private readonly options: RunnerOptions) {
     super();
+  }
+
+  get sandboxed(): boolean {
+    return this.options.sandbox === 'bwrap';
   }
 
   isRunning(experimentId: number): boolean {
@@ -171,99 +319,225 @@ export class ProcessRunner extends EventEmitter {
     return this.active.get(experimentId)?.progress;
   }
 
-  /** Hashes every pinned file as the run in `cwd` sees it; returns the names that differ. */
-  async harnessDrift(cwd: string, hash: (path: string) => Promise<string> = sha256File): Promise<string[]> {
-    const drift: string[] = [];
-    for (const [name, pinned] of Object.entries(this.options.pins)) {
-      const path = this.options.pinnedFilePath(name, cwd);
-      const actual = existsSync(path) ? await hash(path) : 'missing';
-      if (actual !== pinned) drift.push(name);
+  /** Where a pinned file lives; `prepare.py` is read from `prepareDir` (the workspace, for status). */
+  pinnedFilePath(name: string, prepareDir: string): string {
+    if (name === WORKSPACE_PREPARE) return join(prepareDir, name);
+    if (name.startsWith(HARNESS_PIN_PREFIX)) return join(this.options.harnessDir, name.slice(HARNESS_PIN_PREFIX.length));
+    return join(this.options.dataDir, name);
+  }
+
+  /**
+   * Hashes every pinned file (prepare.py as found in `prepareDir`); returns the names that differ.
+   * `skip` leaves names out (the run checks the candidate's prepare.py blob instead).
+   */
+  async harnessDrift(prepareDir: string, hash: (path: string) => Promise<string> = sha256File, skip: string[] = []): Promise<string[]> {
+    const names = Object.keys(this.options.pins).filter((name) => !skip.includes(name));
+    const actual = await Promise.all(
+      names.map(async (name) => {
+        const path = this.pinnedFilePath(name, prepareDir);
+        return existsSync(path) ? hash(path) : 'missing';
+      }),
+    );
+    return names.filter((name, i) => actual[i] !== this.options.pins[name]);
+  }
+
+  /** How to restore a pinned file that no longer matches, one clause per file. */
+  restoreHint(name: string): string {
+    if (name === WORKSPACE_PREPARE) {
+      return 'the candidate commit\'s prepare.py differs from the pinned harness copy (prepare.py is read-only: restore it with `git checkout main -- prepare.py` and commit)';
     }
-    return drift;
+    if (name.startsWith(HARNESS_PIN_PREFIX)) {
+      const file = name.slice(HARNESS_PIN_PREFIX.length);
+      return `${name} differs from its pin (copy it back: cp ${join(PACKAGE_ROOT, 'python', file)} ${join(this.options.harnessDir, file)}; if autoresearch-mcp was upgraded since, create a new workspace with autoresearch-mcp init)`;
+    }
+    return `${name} differs from its pin (the prepared data changed: re-prepare it, or create a new workspace with autoresearch-mcp init)`;
   }
 
   async run(request: RunRequest, onStart: (pid: number) => void): Promise<RunOutcome> {
     const startedAt = Date.now();
-    const before = await this.harnessDrift(request.cwd);
-    if (before.length > 0) {
-      return {
-        status: 'rejected',
-        summary: {},
-        error: `harness files changed since the workspace was pinned: ${before.join(', ')}. Restore them (git checkout -- prepare.py; re-prepare data) and run again.`,
-        exitCode: null,
-        signal: null,
-        startedAt,
-        finishedAt: Date.now(),
-        logTail: '',
-      };
-    }
-    await mkdir(join(request.logPath, '..'), { recursive: true });
-    const nonce = randomBytes(16).toString('hex');
-    const logFd = openSync(request.logPath, 'a');
-    const child = spawn(this.options.python, ['-u', 'train.py'], {
-      cwd: request.cwd,
-      detached: true,
-      stdio: ['ignore', logFd, logFd],
-      env: this.childEnv(request, nonce),
-    });
-    closeSync(logFd);
-    const active: ActiveRun = { child };
+    const seed = request.seed ?? DEFAULT_SEED;
+    const folder = runFolder(request.runDir);
+    const sandboxed = this.sandboxed;
+    const base = { summary: {}, exitCode: null as number | null, signal: null as string | null, startedAt, logTail: '', sandboxed, seed };
+    const active: ActiveRun = {};
     this.active.set(request.experimentId, active);
-    if (child.pid !== undefined) onStart(child.pid);
+    try {
+      // ---- pins: every harness and data file, and the candidate's prepare.py ----
+      const [trainPy, preparePy] = await Promise.all([
+        this.options.readBlob(request.commit, 'train.py'),
+        this.options.readBlob(request.commit, 'prepare.py'),
+      ]);
+      const drift = await this.harnessDrift(request.runDir, sha256File, [WORKSPACE_PREPARE]);
+      if (WORKSPACE_PREPARE in this.options.pins && sha256(preparePy) !== this.options.pins[WORKSPACE_PREPARE]) drift.push(WORKSPACE_PREPARE);
+      if (drift.length > 0) {
+        return {
+          ...base,
+          status: 'rejected',
+          finishedAt: Date.now(),
+          error: `Pinned files no longer match; the run was refused: ${drift.map((name) => this.restoreHint(name)).join('; ')}.`,
+        };
+      }
+      await mkdir(dirname(folder.log), { recursive: true });
+      await writeRunFolder(folder, { trainPy, preparePy, sandboxed, dataDir: this.options.dataDir });
+      const { facts, python } = await this.hostLayout();
+      await writeSpec(folder, this.spec(folder, request, seed, facts, python));
+      if (active.stopReason) return this.stopped(active, { ...base, status: 'cancelled', finishedAt: Date.now(), logTail: readLogTail(folder.log) });
 
-    const stopTail = this.followProgress(request, active);
-    const ceiling = setTimeout(() => this.stop(request.experimentId, 'timed_out'), this.options.ceilingSeconds * 1000);
-    const { exitCode, signal } = await new Promise<{ exitCode: number | null; signal: string | null }>((resolve) => {
-      child.on('error', () => resolve({ exitCode: null, signal: null }));
-      child.on('exit', (code, sig) => resolve({ exitCode: code, signal: sig }));
-    });
-    clearTimeout(ceiling);
-    killGroup(child.pid, 'SIGKILL');
-    stopTail();
-    this.active.delete(request.experimentId);
-    const finishedAt = Date.now();
-
-    const logTail = readLogTail(request.logPath);
-    const summary = parseSummary(logTail);
-    const base = { summary, exitCode, signal, startedAt, finishedAt, logTail };
-    if (active.stopReason === 'timed_out') {
-      return {
-        ...base,
-        status: 'timed_out',
-        error: `killed at the wall-clock ceiling of ${this.options.ceilingSeconds} s (training budget plus start-up and evaluation allowance). Make the run respect TIME_BUDGET.`,
-      };
+      const stopTail = this.followProgress(request.experimentId, folder.log, active);
+      const ceiling = setTimeout(() => this.stop(request.experimentId, 'timed_out'), this.options.ceilingSeconds * 1000);
+      try {
+        return await this.phases(request, folder, active, seed, facts, python, onStart, base);
+      } finally {
+        clearTimeout(ceiling);
+        stopTail();
+      }
+    } finally {
+      this.active.delete(request.experimentId);
+      await cleanRunFolder(folder).catch(() => undefined);
     }
-    if (active.stopReason === 'cancelled') return { ...base, status: 'cancelled', error: 'cancelled' };
-
-    const after = await this.harnessDrift(request.cwd);
-    if (after.length > 0) {
-      return {
-        ...base,
-        status: 'rejected',
-        error: `harness files changed during the run: ${after.join(', ')}; the result is void. Restore them before running again.`,
-      };
-    }
-    const raw = existsSync(request.resultPath) ? await readFile(request.resultPath, 'utf8') : undefined;
-    const checked = validateResultRecord(raw, nonce, this.options.pins);
-    if ('error' in checked) {
-      const how = exitCode === 0 ? 'exited 0 but' : `exited with ${signal ?? `code ${exitCode}`};`;
-      return { ...base, status: 'crashed', error: `train.py ${how} ${checked.error}. See the log tail.` };
-    }
-    if (exitCode !== 0) {
-      return { ...base, status: 'crashed', record: checked.record, error: `train.py exited with code ${exitCode} after evaluation` };
-    }
-    return { ...base, status: 'succeeded', record: checked.record };
   }
 
-  /** Stops a run: SIGTERM to its whole process group, SIGKILL after the grace period. */
+  private async phases(
+    request: RunRequest,
+    folder: RunFolder,
+    active: ActiveRun,
+    seed: number,
+    facts: HostFacts,
+    python: PythonLayout,
+    onStart: (pid: number) => void,
+    base: Omit<RunOutcome, 'status' | 'finishedAt'>,
+  ): Promise<RunOutcome> {
+    // ---- phase 1: supervise.py runs the trainer and measures the budget ----
+    const supervisorArgs = [join(this.options.harnessDir, 'supervise.py'), '--spec', folder.spec];
+    const supervised = await this.spawnPhase(active, this.options.python, supervisorArgs, folder, {
+      cwd: this.sandboxed ? folder.root : folder.scratch,
+      env: this.hostEnv(),
+      resultFd: 1,
+      onStart,
+    });
+    const finish = (outcome: Partial<RunOutcome> & { status: RunStatus }): RunOutcome => {
+      const logTail = readLogTail(folder.log);
+      return { ...base, summary: parseSummary(logTail), logTail, finishedAt: Date.now(), ...outcome };
+    };
+    if (active.stopReason) return this.stopped(active, finish({ status: 'cancelled', exitCode: supervised.exitCode, signal: supervised.signal }));
+    const report = parseSupervisorReport(supervised.output);
+    if (!report) {
+      const how = supervised.spawnError ?? (supervised.signal ? `was killed by ${supervised.signal}` : `exited with code ${supervised.exitCode}`);
+      return finish({
+        status: 'crashed',
+        exitCode: supervised.exitCode,
+        signal: supervised.signal,
+        error: `the supervisor (supervise.py) ${how} without a report; the run is void. See the log tail.`,
+      });
+    }
+    const measured = {
+      exitCode: report.exit_code ?? null,
+      signal: report.signal ?? null,
+      supervisor: report,
+      trainingSeconds: num(report.training_seconds),
+      startupSeconds: num(report.startup_seconds),
+      exportSeconds: num(report.export_seconds),
+      cpuSeconds: num(report.cpu_seconds),
+      tokensServed: num(report.tokens_served),
+      batchesServed: num(report.batches_served),
+      modelSha256: report.model_sha256 ?? undefined,
+      weightsSha256: report.weights_sha256 ?? undefined,
+      hashes: this.options.pins,
+    };
+    if (report.outcome === 'over_budget') {
+      return finish({ ...measured, status: 'over_budget', error: `over budget: ${report.reason ?? 'an allowance was exceeded'} (${times(report)}). Make train.py stop at TIME_BUDGET.` });
+    }
+    if (report.outcome === 'exited') {
+      const how = report.signal ? `was killed by ${report.signal}` : `exited with code ${report.exit_code ?? 'unknown'}`;
+      const last = lastTrainerLine(readLogTail(folder.log));
+      return finish({
+        ...measured,
+        status: 'crashed',
+        error: `train.py ${how} before handing over its model${report.reason ? `: ${report.reason}` : ''}.${last ? ` Its last line: ${last}` : ''} See the log tail.`,
+      });
+    }
+    if (report.outcome === 'error') {
+      return finish({ ...measured, status: 'crashed', error: `the run failed: ${report.reason ?? 'the supervisor reported an error'}. See the log tail.` });
+    }
+
+    // ---- the hand-over: both files exist and the model is the one the supervisor received ----
+    const modelPath = join(folder.handover, 'model.pt');
+    const weightsPath = join(folder.handover, 'weights.pt');
+    if (!existsSync(modelPath) || !existsSync(weightsPath)) {
+      return finish({ ...measured, status: 'crashed', error: 'the supervisor reported a hand-over but handover/model.pt or weights.pt is missing; the run is void.' });
+    }
+    const modelSha = await sha256File(modelPath);
+    if (!report.model_sha256 || modelSha !== report.model_sha256) {
+      return finish({ ...measured, status: 'crashed', error: 'handover/model.pt does not match the model the supervisor received (sha256 differs); the run is void.' });
+    }
+
+    // ---- phase 2: evaluate.py scores the exported model in its own sandbox ----
+    const evalSeed = randomInt(1, 2 ** 31 - 1);
+    const evaluation = this.evaluatorCommand(folder, request.slot, evalSeed, facts, python);
+    const evaluated = await this.spawnPhase(active, evaluation.command, evaluation.args, folder, {
+      cwd: folder.root,
+      env: this.sandboxed ? {} : evaluation.env,
+      resultFd: 3,
+    });
+    if (active.stopReason) return this.stopped(active, finish({ ...measured, status: 'cancelled' }));
+    const parsed = parseEvaluatorResult(evaluated.output);
+    if ('error' in parsed || evaluated.exitCode !== 0) {
+      if ('result' in parsed && !parsed.result.ok) {
+        const refusal = parsed.result;
+        const error =
+          refusal.reason === 'harness'
+            ? `the evaluator could not run (${refusal.message}); the run is void, not the model's fault`
+            : `the evaluator refused the model (${refusal.reason}): ${refusal.message}`;
+        return finish({ ...measured, evaluation: refusal, status: 'crashed', error });
+      }
+      const how = evaluated.spawnError ?? (evaluated.signal ? `was killed by ${evaluated.signal}` : `exited with code ${evaluated.exitCode}`);
+      const why = 'error' in parsed ? `; ${parsed.error}` : '';
+      const tail = readLogTail(folder.log, 2000).trim().split('\n').slice(-15).join('\n');
+      return finish({ ...measured, status: 'crashed', error: `the evaluator crashed (it ${how}${why}). Its log:\n${tail}` });
+    }
+    const result = parsed.result;
+    if (!result.ok) {
+      return finish({ ...measured, evaluation: result, status: 'crashed', error: `the evaluator refused the model (${result.reason}): ${result.message}` });
+    }
+    const weightsSha = (result as { weights_sha256?: unknown }).weights_sha256;
+    if (result.model_sha256 !== report.model_sha256 || (typeof weightsSha === 'string' && report.weights_sha256 && weightsSha !== report.weights_sha256)) {
+      return finish({ ...measured, evaluation: result, status: 'crashed', error: 'the evaluator scored a model other than the one handed over (model_sha256 differs); the run is void.' });
+    }
+    if (!this.sandboxed) {
+      // Unsandboxed, the trainer could reach the pinned files: a change during the run voids it.
+      const after = await this.harnessDrift(folder.root, sha256File, [WORKSPACE_PREPARE]);
+      if (after.length > 0) {
+        return finish({ ...measured, status: 'rejected', error: `pinned files changed during the run: ${after.join(', ')}; the result is void. ${after.map((n) => this.restoreHint(n)).join('; ')}.` });
+      }
+    }
+    return finish({
+      ...measured,
+      evaluation: result,
+      status: 'succeeded',
+      valBpb: result.val_bpb,
+      evalTokens: result.eval_tokens,
+      evalBytes: result.eval_bytes,
+      evalSeconds: num(result.eval_seconds),
+    });
+  }
+
+  private stopped(active: ActiveRun, outcome: RunOutcome): RunOutcome {
+    if (active.stopReason === 'timed_out') {
+      return {
+        ...outcome,
+        status: 'timed_out',
+        error: `killed at the wall-clock ceiling of ${this.options.ceilingSeconds} s (training budget plus start-up, export and evaluation allowance). Make the run respect TIME_BUDGET.`,
+      };
+    }
+    return { ...outcome, status: 'cancelled', error: 'cancelled' };
+  }
+
+  /** Stops a run at once: SIGKILL to the process group of whichever phase is running. */
   stop(experimentId: number, reason: 'timed_out' | 'cancelled'): boolean {
     const active = this.active.get(experimentId);
     if (!active) return false;
     active.stopReason ??= reason;
-    const pid = active.child.pid;
-    killGroup(pid, 'SIGTERM');
-    const grace = setTimeout(() => killGroup(pid, 'SIGKILL'), (this.options.killGraceSeconds ?? 3) * 1000);
-    grace.unref();
+    killGroup(active.child?.pid, 'SIGKILL');
     return true;
   }
 
@@ -273,36 +547,196 @@ export class ProcessRunner extends EventEmitter {
     return ids;
   }
 
-  private childEnv(request: RunRequest, nonce: string): NodeJS.ProcessEnv {
-    const inherited = ['PATH', 'HOME', 'LANG', 'LC_ALL', 'TMPDIR', 'USER', 'LD_LIBRARY_PATH', 'OPENBLAS_CORETYPE', 'OPENBLAS_L2_SIZE', 'MALLOC_TRIM_THRESHOLD_', 'MALLOC_MMAP_THRESHOLD_'];
-    const env: NodeJS.ProcessEnv = {};
-    for (const key of inherited) if (process.env[key] !== undefined) env[key] = process.env[key];
+  /** Host facts and the interpreter's layout, probed once (only needed when sandboxed). */
+  private hostLayout(): Promise<{ facts: HostFacts; python: PythonLayout }> {
+    this.layout ??= (async () => {
+      if (!this.sandboxed) {
+        return { facts: this.options.hostFacts ?? { bwrap: '', systemDirs: [], maskedFiles: [], devices: [] }, python: { executable: this.options.python, prefixes: [] } };
+      }
+      const bwrap = this.options.hostFacts?.bwrap ?? findBwrap();
+      if (!bwrap) throw new Error('bubblewrap (bwrap) is not installed');
+      const facts = this.options.hostFacts ?? hostFacts(bwrap);
+      const python = this.options.pythonLayout ?? outsideSystemDirs(await probePythonLayout(this.options.python), facts);
+      return { facts, python };
+    })();
+    this.layout.catch(() => (this.layout = undefined));
+    return this.layout;
+  }
+
+  /** Variables every run gets: ours that tune locale and numeric libraries, then the fixed ones. */
+  private tunedEnv(): Record<string, string> {
+    const env: Record<string, string> = {};
+    for (const key of INHERITED_ENV) if (process.env[key] !== undefined) env[key] = process.env[key] as string;
     // glibc returns freed memory to the OS and faults it back in every step; keeping it doubled
     // the steps a CPU run fits in its budget here (65-75 -> 114-125). Harmless elsewhere.
     env.MALLOC_TRIM_THRESHOLD_ ??= '4000000000';
     env.MALLOC_MMAP_THRESHOLD_ ??= '33554432';
-    Object.assign(env, this.options.extraEnv, {
-      PYTHONUNBUFFERED: '1',
-      PYTHONDONTWRITEBYTECODE: '1',
-      AUTORESEARCH_DATA_DIR: this.options.dataDir,
-      AUTORESEARCH_RESULT_PATH: request.resultPath,
-      AUTORESEARCH_RUN_NONCE: nonce,
-    });
-    // An empty CUDA_VISIBLE_DEVICES would hide every GPU; on CPU slots leave the variable out.
-    if (request.slot.cudaDevices !== undefined) env.CUDA_VISIBLE_DEVICES = request.slot.cudaDevices;
+    Object.assign(env, this.options.extraEnv, { PYTHONUNBUFFERED: '1', PYTHONDONTWRITEBYTECODE: '1' });
     return env;
   }
 
+  /** The supervisor's environment (trusted, on the host): PATH and HOME plus the tuned variables. */
+  private hostEnv(): Record<string, string> {
+    const env = this.tunedEnv();
+    env.PATH = process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin';
+    env.HOME = process.env.HOME ?? '/tmp';
+    if (process.env.LD_LIBRARY_PATH) env.LD_LIBRARY_PATH = process.env.LD_LIBRARY_PATH;
+    return env;
+  }
+
+  private trainerEnv(folder: RunFolder, slot: Slot, seed: number, python: PythonLayout): Record<string, string> {
+    const env = this.tunedEnv();
+    Object.assign(env, {
+      AUTORESEARCH_CHANNEL_FD: '3',
+      AUTORESEARCH_SEED: String(seed),
+    });
+    if (this.sandboxed) {
+      env.PATH = `${dirname(python.executable)}:/usr/local/bin:/usr/bin:/bin`;
+      env.HOME = TRAINER_SCRATCH;
+      env.TMPDIR = '/tmp';
+      env.AUTORESEARCH_DATA_DIR = TRAINER_DATA;
+    } else {
+      env.PATH = process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin';
+      env.HOME = folder.scratch;
+      env.AUTORESEARCH_DATA_DIR = folder.data;
+      if (process.env.LD_LIBRARY_PATH) env.LD_LIBRARY_PATH = process.env.LD_LIBRARY_PATH;
+    }
+    // An empty CUDA_VISIBLE_DEVICES would hide every GPU; on CPU slots leave the variable out.
+    if (slot.cudaDevices !== undefined) env.CUDA_VISIBLE_DEVICES = slot.cudaDevices;
+    return env;
+  }
+
+  private spec(folder: RunFolder, request: RunRequest, seed: number, facts: HostFacts, python: PythonLayout): SupervisorSpec {
+    const env = this.trainerEnv(folder, request.slot, seed, python);
+    const budget = this.options.budget;
+    const trainerArgs = this.sandboxed
+      ? trainerArgv(facts, {
+          codeDir: folder.code,
+          dataDir: this.options.dataDir,
+          cudaDevices: request.slot.cudaDevices,
+          scratchBytes: budget.scratchBytes,
+          python,
+          env,
+          forbidden: this.options.forbidden,
+        })
+      : [...pdeathsigPrefix(), this.options.python, '-u', join(folder.code, 'train.py')];
+    return {
+      trainer_argv: trainerArgs,
+      trainer_env: env,
+      trainer_cwd: this.sandboxed ? folder.root : folder.scratch,
+      log_path: folder.log,
+      data_dir: this.options.dataDir,
+      scratch_host: this.sandboxed ? null : folder.scratch,
+      handover_dir: folder.handover,
+      seed,
+      time_budget: budget.timeBudget,
+      budget_slack: budget.slack,
+      startup_allowance: budget.startupAllowance,
+      export_allowance: budget.exportAllowance,
+      max_batch_tokens: budget.maxBatchTokens,
+    };
+  }
+
+  private evaluatorCommand(folder: RunFolder, slot: Slot, evalSeed: number, facts: HostFacts, python: PythonLayout): { command: string; args: string[]; env: Record<string, string> } {
+    const env = this.tunedEnv();
+    env.AUTORESEARCH_RESULT_FD = '3';
+    const device = ['--device', slot.cudaDevices !== undefined ? 'cuda' : 'cpu'];
+    if (slot.cudaDevices !== undefined) env.CUDA_VISIBLE_DEVICES = slot.cudaDevices;
+    if (this.sandboxed) {
+      env.PATH = `${dirname(python.executable)}:/usr/local/bin:/usr/bin:/bin`;
+      env.HOME = '/tmp';
+      const args = ['--model', `${EVAL_IN}/model.pt`, '--weights', `${EVAL_IN}/weights.pt`, '--data-dir', EVAL_DATA, '--seed', String(evalSeed), ...device];
+      const argv = evaluatorArgv(facts, {
+        handoverDir: folder.handover,
+        dataDir: this.options.dataDir,
+        harnessDir: this.options.harnessDir,
+        cudaDevices: slot.cudaDevices,
+        python,
+        env,
+        args,
+        forbidden: this.options.forbidden,
+      });
+      return { command: argv[0], args: argv.slice(1), env };
+    }
+    env.PATH = process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin';
+    env.HOME = process.env.HOME ?? '/tmp';
+    const args = [
+      join(this.options.harnessDir, 'evaluate.py'),
+      '--model',
+      join(folder.handover, 'model.pt'),
+      '--weights',
+      join(folder.handover, 'weights.pt'),
+      '--data-dir',
+      this.options.dataDir,
+      '--seed',
+      String(evalSeed),
+      ...device,
+    ];
+    return { command: this.options.python, args, env };
+  }
+
+  /**
+   * Spawns one phase as its own process group (and, where util-linux setpriv exists, with a
+   * parent-death signal, so it dies with a server killed -9); stdout and stderr go to the run
+   * log except the result fd, which is collected.
+   */
+  private spawnPhase(
+    active: ActiveRun,
+    command: string,
+    args: string[],
+    folder: RunFolder,
+    how: { cwd: string; env: Record<string, string>; resultFd: 1 | 3; onStart?: (pid: number) => void },
+  ): Promise<Exit> {
+    const prefix = command === this.options.python ? pdeathsigPrefix() : [];
+    const argv = [...prefix, command, ...args];
+    const logFd = openSync(folder.log, 'a');
+    let child: ChildProcess;
+    try {
+      child = spawn(argv[0], argv.slice(1), {
+        cwd: how.cwd,
+        detached: true,
+        env: how.env,
+        stdio: how.resultFd === 1 ? ['ignore', 'pipe', logFd] : ['ignore', logFd, logFd, 'pipe'],
+      });
+    } finally {
+      closeSync(logFd);
+    }
+    active.child = child;
+    if (child.pid !== undefined) how.onStart?.(child.pid);
+    return new Promise((resolvePromise) => {
+      let output = '';
+      let spawnError: string | undefined;
+      const stream = (how.resultFd === 1 ? child.stdout : child.stdio[3]) as NodeJS.ReadableStream | null;
+      stream?.setEncoding('utf8');
+      stream?.on('data', (chunk: string) => {
+        if (output.length < 1 << 20) output += chunk;
+      });
+      let settled = false;
+      const settle = (exit: Exit) => {
+        if (settled) return;
+        settled = true;
+        killGroup(child.pid, 'SIGKILL');
+        resolvePromise(exit);
+      };
+      child.on('error', (error) => {
+        spawnError = `could not be started (${error.message})`;
+        // A process that never started emits no 'close' of its own.
+        if (child.pid === undefined) settle({ exitCode: null, signal: null, output, spawnError });
+      });
+      child.on('close', (code, signal) => settle({ exitCode: code, signal, output, spawnError }));
+    });
+  }
+
   /** Polls the log for progress lines; returns a function that stops polling. */
-  private followProgress(request: RunRequest, active: ActiveRun): () => void {
+  private followProgress(experimentId: number, logPath: string, active: ActiveRun): () => void {
     let offset = 0;
     let partial = '';
     const poll = () => {
-      if (!existsSync(request.logPath)) return;
-      const size = statSync(request.logPath).size;
+      if (!existsSync(logPath)) return;
+      const size = statSync(logPath).size;
       if (size <= offset) return;
       const buffer = Buffer.alloc(size - offset);
-      const fd = openSync(request.logPath, 'r');
+      const fd = openSync(logPath, 'r');
       try {
         readSync(fd, buffer, 0, buffer.length, offset);
       } finally {
@@ -315,7 +749,7 @@ export class ProcessRunner extends EventEmitter {
       for (const line of lines) latest = parseProgressLine(line) ?? latest;
       if (latest) {
         active.progress = latest;
-        this.emit('progress', request.experimentId, latest);
+        this.emit('progress', experimentId, latest);
       }
     };
     const timer = setInterval(poll, 250);
@@ -326,6 +760,26 @@ export class ProcessRunner extends EventEmitter {
   }
 }
 
+let setprivPath: string | null | undefined;
+
+/** `setpriv --pdeathsig KILL --` when util-linux setpriv exists: the process dies with its parent. */
+function pdeathsigPrefix(): string[] {
+  if (setprivPath === undefined) setprivPath = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => existsSync(p)) ?? null;
+  return setprivPath ? [setprivPath, '--pdeathsig', 'KILL', '--'] : [];
+}
+
+function num(value: number | null | undefined): number | undefined {
+  return typeof value === 'number' && Number.isFinite(value) ? value : undefined;
+}
+
+function times(report: SupervisorReport): string {
+  const parts: string[] = [];
+  if (report.startup_seconds != null) parts.push(`start-up ${report.startup_seconds.toFixed(1)} s`);
+  if (report.training_seconds != null) parts.push(`training ${report.training_seconds.toFixed(1)} s`);
+  if (report.export_seconds != null) parts.push(`export ${report.export_seconds.toFixed(1)} s`);
+  return parts.join(', ') || 'no times measured';
+}
+
 function killGroup(pid: number | undefined, signal: NodeJS.Signals): void {
   if (pid === undefined) return;
   try {
@@ -334,3 +788,4 @@ function killGroup(pid: number | undefined, signal: NodeJS.Signals): void {
     // ESRCH: the group is already gone.
   }
 }
+

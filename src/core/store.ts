@@ -9,16 +9,22 @@ import { AUDIT_LOG_SCHEMA, AuditLog, type AuditLogOptions } from './audit.js';
  * ISO strings, see audit.ts).
  */
 
-export const EXPERIMENT_STATUSES = ['queued', 'running', 'succeeded', 'crashed', 'timed_out', 'cancelled', 'rejected'] as const;
+export const EXPERIMENT_STATUSES = ['preparing', 'queued', 'running', 'succeeded', 'crashed', 'over_budget', 'timed_out', 'cancelled', 'rejected'] as const;
 export type ExperimentStatus = (typeof EXPERIMENT_STATUSES)[number];
 /** The statuses an experiment can end in. */
-export type FinishedStatus = Exclude<ExperimentStatus, 'queued' | 'running'>;
+export type FinishedStatus = Exclude<ExperimentStatus, 'preparing' | 'queued' | 'running'>;
 
 /** Finished: the experiment will not change any more, except for its decision. */
 export function isFinishedStatus(status: string): status is FinishedStatus {
-  return (EXPERIMENT_STATUSES as readonly string[]).includes(status) && status !== 'queued' && status !== 'running';
+  return (EXPERIMENT_STATUSES as readonly string[]).includes(status) && status !== 'preparing' && status !== 'queued' && status !== 'running';
 }
 export type Decision = 'keep' | 'discard';
+
+/** candidate: a change measured from its parent; noise: a repeat of one commit to measure seed noise; confirm: a re-run for a paired comparison. */
+export const EXPERIMENT_KINDS = ['candidate', 'noise', 'confirm'] as const;
+export type ExperimentKind = (typeof EXPERIMENT_KINDS)[number];
+/** What the candidate changes relative to its parent, as the Python AST sees it. */
+export type ChangeKind = 'code' | 'seed_only' | 'none';
 
 /** Last progress line of a running experiment. */
 export interface ExperimentProgress {
@@ -43,6 +49,15 @@ export interface RunMetrics {
   depth: number | null;
   evalTokens: number | null;
   evalBytes: number | null;
+  /** Measured by the supervisor (seconds from spawn to the first batch, hand-over to model, CPU of the trainer). */
+  startupSeconds: number | null;
+  exportSeconds: number | null;
+  cpuSeconds: number | null;
+  tokensServed: number | null;
+  evalSeconds: number | null;
+  seed: number | null;
+  /** true: ran in the sandbox; false: --unsandboxed (unverified); null: never ran (or before sandboxes existed). */
+  sandboxed: boolean | null;
 }
 
 export interface Experiment extends RunMetrics {
@@ -73,6 +88,24 @@ export interface Experiment extends RunMetrics {
   progress: ExperimentProgress | null;
   mcpSessionId: string | null;
   clientName: string | null;
+  kind: ExperimentKind;
+  /** Seed the server gave the run (AUTORESEARCH_SEED); null for runs before seeds were supplied. */
+  seed: number | null;
+  /** The undecided experiment whose commit this one's parent is (explicit stacking). */
+  stackedOn: number | null;
+  /** For confirm runs: the candidate experiment they confirm. */
+  confirms: number | null;
+  /** For noise runs: the noise measurement they belong to. */
+  noiseId: number | null;
+  changeKind: ChangeKind | null;
+  /** The figures the last decision (or inconclusive verdict) was based on. */
+  decisionFigures: Record<string, unknown> | null;
+  /** The last auto verdict, also when it was inconclusive (decision stays NULL then). */
+  verdict: 'keep' | 'discard' | 'inconclusive' | null;
+  /** Branch move (undo) that took this kept commit off the branch. */
+  undoneBy: number | null;
+  /** Who proposed it: the agent's own name, or its MCP client and session. */
+  agent: string | null;
 }
 
 export interface NewExperiment {
@@ -80,18 +113,26 @@ export interface NewExperiment {
   trainHash?: string | null;
   description: string;
   parentCommit: string;
-  /** 'rejected' records a candidate refused before it could run (it never enters the queue). */
-  status?: 'queued' | 'rejected';
+  /** 'rejected' records a candidate refused before it could run (it never enters the queue); 'preparing': its commit does not exist yet. */
+  status?: 'preparing' | 'queued' | 'rejected';
+  kind?: ExperimentKind;
+  seed?: number | null;
+  stackedOn?: number | null;
+  confirms?: number | null;
+  noiseId?: number | null;
+  changeKind?: ChangeKind | null;
   error?: string | null;
   candidateCommit?: string | null;
   rebaseOf?: number | null;
   mcpSessionId?: string | null;
   clientName?: string | null;
+  agent?: string | null;
   queuedAt?: number;
 }
 
-export interface FinishedRun extends Partial<RunMetrics> {
+export interface FinishedRun extends Partial<Omit<RunMetrics, 'sandboxed'>> {
   status: FinishedStatus;
+  sandboxed?: boolean | null;
   finishedAt?: number;
   error?: string | null;
   exitCode?: number | null;
@@ -114,6 +155,8 @@ export interface Session {
   tag: string;
   branch: string;
   baseCommit: string;
+  /** 'baseline' or the tag of the session whose head it started from. */
+  startFrom: string | null;
   createdAt: number;
   mcpSessionId: string | null;
   clientName: string | null;
@@ -124,10 +167,120 @@ export interface NewSession {
   tag: string;
   branch: string;
   baseCommit: string;
+  startFrom?: string | null;
   createdAt?: number;
   mcpSessionId?: string | null;
   clientName?: string | null;
   clientVersion?: string | null;
+}
+
+export interface BranchMove {
+  id: number;
+  kind: 'keep' | 'undo';
+  sessionTag: string;
+  branch: string;
+  fromCommit: string;
+  toCommit: string;
+  experimentId: number | null;
+  reason: string;
+  figures: Record<string, unknown> | null;
+  savedRef: string | null;
+  state: 'intent' | 'done' | 'abandoned';
+  createdAt: number;
+  finishedAt: number | null;
+  note: string | null;
+}
+
+interface BranchMoveRecord {
+  id: number;
+  kind: 'keep' | 'undo';
+  session_tag: string;
+  branch: string;
+  from_commit: string;
+  to_commit: string;
+  experiment_id: number | null;
+  reason: string;
+  figures: string | null;
+  saved_ref: string | null;
+  state: 'intent' | 'done' | 'abandoned';
+  created_at: number;
+  finished_at: number | null;
+  note: string | null;
+}
+
+function toMove(r: BranchMoveRecord): BranchMove {
+  return {
+    id: r.id,
+    kind: r.kind,
+    sessionTag: r.session_tag,
+    branch: r.branch,
+    fromCommit: r.from_commit,
+    toCommit: r.to_commit,
+    experimentId: r.experiment_id,
+    reason: r.reason,
+    figures: r.figures ? JSON.parse(r.figures) : null,
+    savedRef: r.saved_ref,
+    state: r.state,
+    createdAt: r.created_at,
+    finishedAt: r.finished_at,
+    note: r.note,
+  };
+}
+
+export interface NoiseMeasurement {
+  id: number;
+  sessionTag: string;
+  profile: string;
+  machine: string;
+  commit: string;
+  k: number;
+  state: 'measuring' | 'done' | 'failed';
+  runs: number | null;
+  mean: number | null;
+  sigma: number | null;
+  mad: number | null;
+  values: number[] | null;
+  createdAt: number;
+  finishedAt: number | null;
+  note: string | null;
+}
+
+interface NoiseRecord {
+  id: number;
+  session_tag: string;
+  profile: string;
+  machine: string;
+  commit_sha: string;
+  k: number;
+  state: 'measuring' | 'done' | 'failed';
+  runs: number | null;
+  mean: number | null;
+  sigma: number | null;
+  mad: number | null;
+  values_json: string | null;
+  created_at: number;
+  finished_at: number | null;
+  note: string | null;
+}
+
+function toNoise(r: NoiseRecord): NoiseMeasurement {
+  return {
+    id: r.id,
+    sessionTag: r.session_tag,
+    profile: r.profile,
+    machine: r.machine,
+    commit: r.commit_sha,
+    k: r.k,
+    state: r.state,
+    runs: r.runs,
+    mean: r.mean,
+    sigma: r.sigma,
+    mad: r.mad,
+    values: r.values_json ? JSON.parse(r.values_json) : null,
+    createdAt: r.created_at,
+    finishedAt: r.finished_at,
+    note: r.note,
+  };
 }
 
 export interface PinnedFile {
@@ -159,7 +312,8 @@ export interface StoreOptions {
  * Schema versions in order; PRAGMA user_version counts those applied. Append new entries, never
  * edit applied ones: a workspace created by an older server is upgraded step by step on open.
  */
-const MIGRATIONS: readonly string[] = [
+type Migration = string | ((db: Database.Database) => void);
+const MIGRATIONS: readonly Migration[] = [
   `
   CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
@@ -238,7 +392,138 @@ const MIGRATIONS: readonly string[] = [
   ALTER TABLE experiments ADD COLUMN train_hash TEXT;
   CREATE INDEX experiments_train_hash ON experiments (session_tag, train_hash);
   `,
+  // 3: runs in sandboxes (docs/run-protocol.md): status 'over_budget', the supervisor's measured
+  // times, the seed, and whether the run was sandboxed (NULL for older rows).
+  (db) => {
+    widenStatusCheck(db);
+    db.exec(`
+      ALTER TABLE experiments ADD COLUMN sandboxed INTEGER CHECK (sandboxed IN (0, 1));
+      ALTER TABLE experiments ADD COLUMN startup_seconds REAL;
+      ALTER TABLE experiments ADD COLUMN export_seconds REAL;
+      ALTER TABLE experiments ADD COLUMN cpu_seconds REAL;
+      ALTER TABLE experiments ADD COLUMN tokens_served INTEGER;
+      ALTER TABLE experiments ADD COLUMN eval_seconds REAL;
+      ALTER TABLE experiments ADD COLUMN seed INTEGER;
+    `);
+  },
+  // 4: the research record (issue 8). CHECKs on nullable JSON columns accept NULL explicitly
+  // (PRAGMA integrity_check on SQLite 3.40 reports `CHECK (json_valid(x))` rows with x NULL);
+  // 'preparing' rows exist before their candidate commit; experiment kinds, seeds, stacking,
+  // decision figures; the branch-move journal; measured noise.
+  (db) => {
+    rewriteTableSql(db, 'experiments', (sql) =>
+      sql
+        .replace(/CHECK \(json_valid\((\w+)\)\)/g, (_all, column: string) => `CHECK (${column} IS NULL OR json_valid(${column}))`)
+        .replace(/CHECK \(status IN \([^)]*\)\)/, `CHECK (status IN (${EXPERIMENT_STATUSES.map((s) => `'${s}'`).join(', ')}))`),
+    );
+    db.exec(`
+      ALTER TABLE experiments ADD COLUMN kind TEXT NOT NULL DEFAULT 'candidate' CHECK (kind IN ('candidate', 'noise', 'confirm'));
+      ALTER TABLE experiments ADD COLUMN stacked_on INTEGER REFERENCES experiments (id);
+      ALTER TABLE experiments ADD COLUMN confirms INTEGER REFERENCES experiments (id);
+      ALTER TABLE experiments ADD COLUMN noise_id INTEGER;
+      ALTER TABLE experiments ADD COLUMN change_kind TEXT CHECK (change_kind IS NULL OR change_kind IN ('code', 'seed_only', 'none'));
+      ALTER TABLE experiments ADD COLUMN decision_figures TEXT CHECK (decision_figures IS NULL OR json_valid(decision_figures));
+      ALTER TABLE experiments ADD COLUMN verdict TEXT CHECK (verdict IS NULL OR verdict IN ('keep', 'discard', 'inconclusive'));
+      ALTER TABLE experiments ADD COLUMN undone_by INTEGER;
+      CREATE INDEX experiments_confirms ON experiments (confirms);
+      ALTER TABLE sessions ADD COLUMN start_from TEXT;
+
+      -- Every branch move (keep, undo) is journalled: the intent row is written before the ref
+      -- moves and completed with the decision in one transaction; a server that starts finds
+      -- intents a killed one left and repairs them from the ref.
+      CREATE TABLE branch_moves (
+        id              INTEGER PRIMARY KEY,
+        kind            TEXT NOT NULL CHECK (kind IN ('keep', 'undo')),
+        session_tag     TEXT NOT NULL REFERENCES sessions (tag),
+        branch          TEXT NOT NULL,
+        from_commit     TEXT NOT NULL,
+        to_commit       TEXT NOT NULL,
+        experiment_id   INTEGER REFERENCES experiments (id),
+        reason          TEXT NOT NULL,
+        figures         TEXT CHECK (figures IS NULL OR json_valid(figures)),
+        saved_ref       TEXT,
+        state           TEXT NOT NULL CHECK (state IN ('intent', 'done', 'abandoned')),
+        created_at      INTEGER NOT NULL,
+        finished_at     INTEGER,
+        note            TEXT
+      ) STRICT;
+      CREATE INDEX branch_moves_by_state ON branch_moves (state, id);
+
+      -- Seed-to-seed noise of one commit, per profile and machine: k runs with distinct seeds.
+      CREATE TABLE noise_measurements (
+        id           INTEGER PRIMARY KEY,
+        session_tag  TEXT NOT NULL REFERENCES sessions (tag),
+        profile      TEXT NOT NULL,
+        machine      TEXT NOT NULL,
+        commit_sha   TEXT NOT NULL,
+        k            INTEGER NOT NULL CHECK (k >= 2),
+        state        TEXT NOT NULL CHECK (state IN ('measuring', 'done', 'failed')),
+        runs         INTEGER,
+        mean         REAL,
+        sigma        REAL,
+        mad          REAL,
+        values_json  TEXT CHECK (values_json IS NULL OR json_valid(values_json)),
+        created_at   INTEGER NOT NULL,
+        finished_at  INTEGER,
+        note         TEXT
+      ) STRICT;
+      CREATE INDEX noise_by_machine ON noise_measurements (profile, machine, state, id);
+    `);
+  },
+  // 5: parallel research (issue 10): the agent that proposed each experiment.
+  `
+  ALTER TABLE experiments ADD COLUMN agent TEXT;
+  CREATE INDEX experiments_by_agent ON experiments (agent, id);
+  `,
 ];
+
+/**
+ * SQLite cannot alter a CHECK constraint: the experiments table is rebuilt from its own stored
+ * definition with the status list widened to EXPERIMENT_STATUSES, every column (whatever other
+ * migrations added) and row kept, indexes recreated.
+ */
+function widenStatusCheck(db: Database.Database): void {
+  const table = db.prepare(`SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'experiments'`).get() as { sql: string };
+  const statuses = EXPERIMENT_STATUSES.map((status) => `'${status}'`).join(', ');
+  const check = /CHECK \(status IN \(([^)]*)\)\)/;
+  if (!check.test(table.sql)) throw new StoreError('invalid_state', 'the experiments table has no status CHECK to widen');
+  const widened = table.sql.replace(check, `CHECK (status IN (${statuses}))`);
+  const indexes = (db.prepare(`SELECT sql FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'experiments' AND sql IS NOT NULL`).all() as { sql: string }[]).map((row) => row.sql);
+  const triggers = (db.prepare(`SELECT sql FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = 'experiments'`).all() as { sql: string }[]).map((row) => row.sql);
+  const columns = (db.prepare(`SELECT name FROM pragma_table_info('experiments')`).all() as { name: string }[]).map((row) => `"${row.name}"`).join(', ');
+  // Renaming first repoints the table's own rebase_of reference at the old copy, so dropping it
+  // later checks nothing against the new table.
+  db.exec('ALTER TABLE experiments RENAME TO experiments_before_v3');
+  db.exec(widened);
+  db.exec(`INSERT INTO experiments (${columns}) SELECT ${columns} FROM experiments_before_v3`);
+  db.exec('DROP TABLE experiments_before_v3');
+  for (const sql of [...indexes, ...triggers]) db.exec(sql);
+  const broken = db.prepare('PRAGMA foreign_key_check').all();
+  if (broken.length > 0) throw new StoreError('invalid_state', `rebuilding experiments broke ${broken.length} foreign key(s)`);
+}
+
+/**
+ * Loosens or widens a table's CHECK constraints in place by editing its CREATE statement (the
+ * documented writable_schema procedure; valid only when every existing row satisfies the new
+ * text, which holds for constraints that only accept more). Bumps schema_version so every
+ * connection re-reads the schema.
+ */
+function rewriteTableSql(db: Database.Database, table: string, edit: (sql: string) => string): void {
+  const row = db.prepare(`SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?`).get(table) as { sql: string } | undefined;
+  if (!row) throw new Error(`no table ${table} to migrate`);
+  const sql = edit(row.sql);
+  if (sql === row.sql) return;
+  const version = db.pragma('schema_version', { simple: true }) as number;
+  db.unsafeMode(true);
+  try {
+    db.pragma('writable_schema = ON');
+    db.prepare(`UPDATE sqlite_schema SET sql = ? WHERE type = 'table' AND name = ?`).run(sql, table);
+    db.pragma(`schema_version = ${version + 1}`);
+    db.pragma('writable_schema = OFF');
+  } finally {
+    db.unsafeMode(false);
+  }
+}
 
 interface ExperimentRecord {
   id: number;
@@ -278,9 +563,26 @@ interface ExperimentRecord {
   progress: string | null;
   mcp_session_id: string | null;
   client_name: string | null;
+  sandboxed: number | null;
+  startup_seconds: number | null;
+  export_seconds: number | null;
+  cpu_seconds: number | null;
+  tokens_served: number | null;
+  eval_seconds: number | null;
+  seed: number | null;
+  kind: ExperimentKind;
+  stacked_on: number | null;
+  confirms: number | null;
+  noise_id: number | null;
+  change_kind: ChangeKind | null;
+  decision_figures: string | null;
+  verdict: 'keep' | 'discard' | 'inconclusive' | null;
+  undone_by: number | null;
+  agent: string | null;
 }
 
 interface SessionRecord {
+  start_from: string | null;
   tag: string;
   branch: string;
   base_commit: string;
@@ -292,7 +594,7 @@ interface SessionRecord {
 
 type SqlValue = string | number | null;
 
-const UNFINISHED = "('queued', 'running')";
+const UNFINISHED = "('preparing', 'queued', 'running')";
 
 export class Store {
   readonly audit: AuditLog;
@@ -321,6 +623,19 @@ export class Store {
     }
     return new Store(db, options.audit);
   }
+
+  /** Whether a table has a column (columns added by later migrations of other features). */
+  hasColumn(table: string, column: string): boolean {
+    const key = `${table}.${column}`;
+    let known = this.columns.get(key);
+    if (known === undefined) {
+      known = (this.db.prepare(`SELECT name FROM pragma_table_info(?)`).all(table) as { name: string }[]).some((c) => c.name === column);
+      this.columns.set(key, known);
+    }
+    return known;
+  }
+
+  private readonly columns = new Map<string, boolean>();
 
   /** The applied schema version (PRAGMA user_version). */
   get schemaVersion(): number {
@@ -384,8 +699,8 @@ export class Store {
   createSession(session: NewSession): Session {
     try {
       this.prepare(
-          `INSERT INTO sessions (tag, branch, base_commit, created_at, mcp_session_id, client_name, client_version)
-           VALUES (?, ?, ?, ?, ?, ?, ?)`,
+          `INSERT INTO sessions (tag, branch, base_commit, created_at, mcp_session_id, client_name, client_version, start_from)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
         )
         .run(
           session.tag,
@@ -395,6 +710,7 @@ export class Store {
           session.mcpSessionId ?? null,
           session.clientName ?? null,
           session.clientVersion ?? null,
+          session.startFrom ?? null,
         );
     } catch (error) {
       if (isConstraint(error, 'SQLITE_CONSTRAINT_PRIMARYKEY')) throw new StoreError('duplicate', `session "${session.tag}" already exists`);
@@ -423,9 +739,11 @@ export class Store {
       id = Number(
         this.prepare(
             `INSERT INTO experiments (session_tag, description, status, parent_commit, candidate_commit, rebase_of,
-                                      error, queued_at, finished_at, duration_ms, mcp_session_id, client_name, train_hash)
+                                      error, queued_at, finished_at, duration_ms, mcp_session_id, client_name, train_hash,
+                                      kind, seed, stacked_on, confirms, noise_id, change_kind, agent)
              VALUES (@sessionTag, @description, @status, @parentCommit, @candidateCommit, @rebaseOf,
-                     @error, @queuedAt, @finishedAt, @durationMs, @mcpSessionId, @clientName, @trainHash)`,
+                     @error, @queuedAt, @finishedAt, @durationMs, @mcpSessionId, @clientName, @trainHash,
+                     @kind, @seed, @stackedOn, @confirms, @noiseId, @changeKind, @agent)`,
           )
           .run({
             sessionTag: input.sessionTag,
@@ -441,7 +759,14 @@ export class Store {
             durationMs: status === 'rejected' ? 0 : null,
             mcpSessionId: input.mcpSessionId ?? null,
             clientName: input.clientName ?? null,
+            agent: input.agent ?? null,
             trainHash: input.trainHash ?? null,
+            kind: input.kind ?? 'candidate',
+            seed: input.seed ?? null,
+            stackedOn: input.stackedOn ?? null,
+            confirms: input.confirms ?? null,
+            noiseId: input.noiseId ?? null,
+            changeKind: input.changeKind ?? null,
           }).lastInsertRowid,
       );
     } catch (error) {
@@ -462,11 +787,12 @@ export class Store {
         `UPDATE experiments
          SET candidate_commit = COALESCE(@candidateCommit, candidate_commit),
              log_path = COALESCE(@logPath, log_path),
-             result_path = COALESCE(@resultPath, result_path)
-         WHERE id = @id AND status = 'queued'`,
+             result_path = COALESCE(@resultPath, result_path),
+             status = 'queued'
+         WHERE id = @id AND status IN ('preparing', 'queued')`,
       )
       .run({ id, candidateCommit: candidate.candidateCommit ?? null, logPath: candidate.logPath ?? null, resultPath: candidate.resultPath ?? null });
-    if (changed.changes === 0) throw this.stateError(id, 'queued');
+    if (changed.changes === 0) throw this.stateError(id, 'preparing or queued');
     return this.getExperiment(id)!;
   }
 
@@ -481,7 +807,11 @@ export class Store {
          WHERE id = @id AND status IN ${UNFINISHED}`,
       )
       .run({ id, slot: run.slot, pid: run.pid ?? null, startedAt: run.startedAt ?? Date.now() });
-    if (changed.changes === 0) throw this.stateError(id, 'queued or running');
+    if (changed.changes === 0) {
+      // Cancelled while starting: the runner's late pid report is not an error.
+      if (this.getExperiment(id)?.status === 'cancelled') return this.getExperiment(id)!;
+      throw this.stateError(id, 'queued or running');
+    }
     return this.getExperiment(id)!;
   }
 
@@ -509,7 +839,9 @@ export class Store {
              val_bpb = @valBpb, training_seconds = @trainingSeconds, total_seconds = @totalSeconds,
              peak_vram_mb = @peakVramMb, mfu_percent = @mfuPercent, total_tokens_m = @totalTokensM,
              num_steps = @numSteps, num_params_m = @numParamsM, depth = @depth,
-             eval_tokens = @evalTokens, eval_bytes = @evalBytes
+             eval_tokens = @evalTokens, eval_bytes = @evalBytes,
+             sandboxed = @sandboxed, startup_seconds = @startupSeconds, export_seconds = @exportSeconds,
+             cpu_seconds = @cpuSeconds, tokens_served = @tokensServed, eval_seconds = @evalSeconds, seed = @seed
          WHERE id = @id AND status IN ${UNFINISHED}`,
       )
       .run({
@@ -532,6 +864,13 @@ export class Store {
         depth: integerOrNull(run.depth),
         evalTokens: integerOrNull(run.evalTokens),
         evalBytes: integerOrNull(run.evalBytes),
+        sandboxed: run.sandboxed === undefined || run.sandboxed === null ? null : run.sandboxed ? 1 : 0,
+        startupSeconds: finiteOrNull(run.startupSeconds),
+        exportSeconds: finiteOrNull(run.exportSeconds),
+        cpuSeconds: finiteOrNull(run.cpuSeconds),
+        tokensServed: integerOrNull(run.tokensServed),
+        evalSeconds: finiteOrNull(run.evalSeconds),
+        seed: integerOrNull(run.seed),
       });
     if (changed.changes === 0) throw this.stateError(id, 'queued or running');
     return this.getExperiment(id)!;
@@ -541,13 +880,14 @@ export class Store {
    * Records keep or discard once; decisions are final because the branch moves with them. Keep
    * needs a success; discard needs any finished experiment.
    */
-  setDecision(id: number, decision: Decision, reason: string, decidedAt: number = Date.now()): Experiment {
+  setDecision(id: number, decision: Decision, reason: string, decidedAt: number = Date.now(), figures?: Record<string, unknown> | null): Experiment {
     const changed = this.prepare(
-        `UPDATE experiments SET decision = @decision, decision_reason = @reason, decided_at = @decidedAt
+        `UPDATE experiments SET decision = @decision, decision_reason = @reason, decided_at = @decidedAt,
+                verdict = @decision, decision_figures = COALESCE(@figures, decision_figures)
          WHERE id = @id AND decision IS NULL AND status NOT IN ${UNFINISHED}
            AND (@decision = 'discard' OR status = 'succeeded')`,
       )
-      .run({ id, decision, reason, decidedAt });
+      .run({ id, decision, reason, decidedAt, figures: figures ? JSON.stringify(figures) : null });
     if (changed.changes === 0) {
       const experiment = this.getExperiment(id);
       if (!experiment) throw new StoreError('not_found', `no experiment ${id}`);
@@ -555,6 +895,147 @@ export class Store {
       throw new StoreError('invalid_state', `experiment ${id} is ${experiment.status}; it cannot be marked ${decision}`);
     }
     return this.getExperiment(id)!;
+  }
+
+  /** An auto verdict that decided nothing (inconclusive), with its figures; the experiment stays undecided. */
+  setVerdict(id: number, verdict: 'inconclusive', reason: string, figures: Record<string, unknown>): Experiment {
+    this.prepare(`UPDATE experiments SET verdict = ?, decision_reason = ?, decision_figures = ? WHERE id = ? AND decision IS NULL`).run(
+      verdict,
+      reason,
+      JSON.stringify(figures),
+      id,
+    );
+    return this.getExperiment(id)!;
+  }
+
+  /** A row being prepared when its server died: never committed, so it never ran. */
+  abandonPreparing(id: number, error: string, now: number = Date.now()): void {
+    this.prepare(`UPDATE experiments SET status = 'cancelled', error = ?, finished_at = ? WHERE id = ? AND status = 'preparing'`).run(error, now, id);
+  }
+
+  // ---- branch moves (journal) ----------------------------------------------------------------
+
+  beginMove(move: Omit<BranchMove, 'id' | 'state' | 'createdAt' | 'finishedAt' | 'note'>): BranchMove {
+    const id = Number(
+      this.prepare(
+        `INSERT INTO branch_moves (kind, session_tag, branch, from_commit, to_commit, experiment_id, reason, figures, saved_ref, state, created_at)
+         VALUES (@kind, @sessionTag, @branch, @fromCommit, @toCommit, @experimentId, @reason, @figures, @savedRef, 'intent', @now)`,
+      ).run({
+        kind: move.kind,
+        sessionTag: move.sessionTag,
+        branch: move.branch,
+        fromCommit: move.fromCommit,
+        toCommit: move.toCommit,
+        experimentId: move.experimentId ?? null,
+        reason: move.reason,
+        figures: move.figures ? JSON.stringify(move.figures) : null,
+        savedRef: move.savedRef ?? null,
+        now: Date.now(),
+      }).lastInsertRowid,
+    );
+    return this.getMove(id)!;
+  }
+
+  getMove(id: number): BranchMove | undefined {
+    const row = this.prepare<[number], BranchMoveRecord>('SELECT * FROM branch_moves WHERE id = ?').get(id);
+    return row && toMove(row);
+  }
+
+  listMoves(query: { state?: BranchMove['state']; session?: string } = {}): BranchMove[] {
+    return this.prepare<{ state: string | null; session: string | null }, BranchMoveRecord>(
+      'SELECT * FROM branch_moves WHERE (@state IS NULL OR state = @state) AND (@session IS NULL OR session_tag = @session) ORDER BY id',
+    )
+      .all({ state: query.state ?? null, session: query.session ?? null })
+      .map(toMove);
+  }
+
+  /**
+   * Completes a move after the ref moved: for a keep, the decision is written in the same
+   * transaction; for an undo, the kept experiments it took off the branch are marked.
+   */
+  completeMove(id: number, undone: number[] = [], now: number = Date.now()): void {
+    this.db
+      .transaction(() => {
+        const move = this.getMove(id);
+        if (!move || move.state !== 'intent') return;
+        if (move.kind === 'keep' && move.experimentId !== null) {
+          const experiment = this.getExperiment(move.experimentId);
+          if (experiment && experiment.decision === null) this.setDecision(move.experimentId, 'keep', move.reason, now, move.figures);
+        }
+        const mark = this.prepare('UPDATE experiments SET undone_by = ? WHERE id = ? AND undone_by IS NULL');
+        for (const experimentId of undone) mark.run(id, experimentId);
+        this.prepare(`UPDATE branch_moves SET state = 'done', finished_at = ? WHERE id = ?`).run(now, id);
+      })
+      .immediate();
+  }
+
+  abandonMove(id: number, note: string, now: number = Date.now()): void {
+    this.prepare(`UPDATE branch_moves SET state = 'abandoned', finished_at = ?, note = ? WHERE id = ? AND state = 'intent'`).run(now, note, id);
+  }
+
+  // ---- noise ---------------------------------------------------------------------------------
+
+  createNoise(input: { sessionTag: string; profile: string; machine: string; commit: string; k: number }): NoiseMeasurement {
+    const id = Number(
+      this.prepare(
+        `INSERT INTO noise_measurements (session_tag, profile, machine, commit_sha, k, state, created_at)
+         VALUES (?, ?, ?, ?, ?, 'measuring', ?)`,
+      ).run(input.sessionTag, input.profile, input.machine, input.commit, input.k, Date.now()).lastInsertRowid,
+    );
+    return this.getNoise(id)!;
+  }
+
+  getNoise(id: number): NoiseMeasurement | undefined {
+    const row = this.prepare<[number], NoiseRecord>('SELECT * FROM noise_measurements WHERE id = ?').get(id);
+    return row && toNoise(row);
+  }
+
+  finishNoise(id: number, result: { state: 'done' | 'failed'; runs: number; mean?: number; sigma?: number; mad?: number; values: number[]; note?: string }): NoiseMeasurement {
+    this.prepare(
+      `UPDATE noise_measurements SET state = @state, runs = @runs, mean = @mean, sigma = @sigma, mad = @mad,
+              values_json = @values, finished_at = @now, note = @note
+        WHERE id = @id AND state = 'measuring'`,
+    ).run({
+      id,
+      state: result.state,
+      runs: result.runs,
+      mean: finiteOrNull(result.mean),
+      sigma: finiteOrNull(result.sigma),
+      mad: finiteOrNull(result.mad),
+      values: JSON.stringify(result.values),
+      now: Date.now(),
+      note: result.note ?? null,
+    });
+    return this.getNoise(id)!;
+  }
+
+  /** The latest measurement for a profile on a machine (done, or still measuring when `measuring`). */
+  latestNoise(profile: string, machine: string, state: NoiseMeasurement['state'] = 'done'): NoiseMeasurement | undefined {
+    const row = this.prepare<[string, string, string], NoiseRecord>(
+      'SELECT * FROM noise_measurements WHERE profile = ? AND machine = ? AND state = ? ORDER BY id DESC LIMIT 1',
+    ).get(profile, machine, state);
+    return row && toNoise(row);
+  }
+
+  listNoise(): NoiseMeasurement[] {
+    return this.prepare<[], NoiseRecord>('SELECT * FROM noise_measurements ORDER BY id').all().map(toNoise);
+  }
+
+  experimentsOfNoise(noiseId: number): Experiment[] {
+    return this.prepare<[number], ExperimentRecord>('SELECT * FROM experiments WHERE noise_id = ? ORDER BY id').all(noiseId).map(toExperiment);
+  }
+
+  confirmationsOf(candidateId: number): Experiment[] {
+    return this.prepare<[number], ExperimentRecord>('SELECT * FROM experiments WHERE confirms = ? ORDER BY id').all(candidateId).map(toExperiment);
+  }
+
+  /** Succeeded runs of one train.py text in a session (any kind): the measured values of that program. */
+  runsOfProgram(session: string, trainHash: string): Experiment[] {
+    return this.prepare<[string, string], ExperimentRecord>(
+      `SELECT * FROM experiments WHERE session_tag = ? AND train_hash = ? AND status = 'succeeded' ORDER BY id`,
+    )
+      .all(session, trainHash)
+      .map(toExperiment);
   }
 
   /**
@@ -620,12 +1101,36 @@ export class Store {
    * The oldest queued experiment that can run. One without a candidate commit is still being
    * prepared (its commit needs its id) and is skipped until the commit is recorded.
    */
-  nextQueued(): Experiment | undefined {
-    const record = this.prepare<[], ExperimentRecord>(
-        `SELECT * FROM experiments WHERE status = 'queued' AND candidate_commit IS NOT NULL ORDER BY id LIMIT 1`,
-      )
-      .get();
-    return record && toExperiment(record);
+  /** The oldest queued experiment ready to run, passing over those the predicate holds back. */
+  nextQueued(held: (experiment: Experiment) => boolean = () => false): Experiment | undefined {
+    const records = this.prepare<[], ExperimentRecord>(
+      `SELECT * FROM experiments WHERE status = 'queued' AND candidate_commit IS NOT NULL ORDER BY id`,
+    ).all();
+    for (const record of records) {
+      const experiment = toExperiment(record);
+      if (!held(experiment)) return experiment;
+    }
+    return undefined;
+  }
+
+  /** Candidates of a session that ran (or will run) exactly this train.py from this parent. */
+  candidatesOfProgram(sessionTag: string, parentCommit: string, trainHash: string): Experiment[] {
+    return this.prepare<[string, string, string], ExperimentRecord>(
+      `SELECT * FROM experiments WHERE session_tag = ? AND train_hash = ? AND parent_commit = ? AND kind = 'candidate'
+         AND status <> 'rejected' ORDER BY id`,
+    )
+      .all(sessionTag, trainHash, parentCommit)
+      .map(toExperiment);
+  }
+
+  /** The latest finished candidates an agent proposed (newest first), cancelled ones left out. */
+  recentFinishedOf(agent: string, limit: number): Experiment[] {
+    return this.prepare<[string, number], ExperimentRecord>(
+      `SELECT * FROM experiments WHERE agent = ? AND kind = 'candidate'
+         AND status IN ('succeeded', 'crashed', 'timed_out', 'over_budget') ORDER BY id DESC LIMIT ?`,
+    )
+      .all(agent, limit)
+      .map(toExperiment);
   }
 
   /**
@@ -707,7 +1212,9 @@ function migrate(db: Database.Database): void {
       );
     }
     for (let version = applied; version < MIGRATIONS.length; version += 1) {
-      db.exec(MIGRATIONS[version]);
+      const migration = MIGRATIONS[version];
+      if (typeof migration === 'string') db.exec(migration);
+      else migration(db);
       db.pragma(`user_version = ${version + 1}`);
     }
   }).immediate();
@@ -752,6 +1259,22 @@ function toExperiment(record: ExperimentRecord): Experiment {
     progress: record.progress === null ? null : (JSON.parse(record.progress) as ExperimentProgress),
     mcpSessionId: record.mcp_session_id,
     clientName: record.client_name,
+    startupSeconds: record.startup_seconds,
+    exportSeconds: record.export_seconds,
+    cpuSeconds: record.cpu_seconds,
+    tokensServed: record.tokens_served,
+    evalSeconds: record.eval_seconds,
+    seed: record.seed,
+    sandboxed: record.sandboxed === null ? null : record.sandboxed === 1,
+    kind: record.kind ?? 'candidate',
+    stackedOn: record.stacked_on ?? null,
+    confirms: record.confirms ?? null,
+    noiseId: record.noise_id ?? null,
+    changeKind: record.change_kind ?? null,
+    decisionFigures: record.decision_figures ? (JSON.parse(record.decision_figures) as Record<string, unknown>) : null,
+    verdict: record.verdict ?? null,
+    undoneBy: record.undone_by ?? null,
+    agent: record.agent ?? null,
   };
 }
 
@@ -760,6 +1283,7 @@ function toSession(record: SessionRecord): Session {
     tag: record.tag,
     branch: record.branch,
     baseCommit: record.base_commit,
+    startFrom: record.start_from ?? null,
     createdAt: record.created_at,
     mcpSessionId: record.mcp_session_id,
     clientName: record.client_name,

@@ -1,9 +1,9 @@
 import { execa } from 'execa';
 import { simpleGit, type SimpleGit } from 'simple-git';
 import { existsSync } from 'node:fs';
-import { lstat, mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { isAbsolute, join, resolve } from 'node:path';
 import { UserError } from './errors.js';
 import { contentHash } from './hashing.js';
 import { stateDir } from './paths.js';
@@ -44,12 +44,159 @@ export interface WorkingTreeState {
   trainPyModified: boolean;
 }
 
-/** Git operations on a workspace: the session branch, candidate commits, worktrees. */
-export class Workspace {
-  readonly git: SimpleGit;
+/**
+ * Configuration every git process the server starts runs with (as `-c`, which outranks every
+ * config file): no hooks, no fsmonitor, no untracked cache, no automatic gc or maintenance
+ * (they start background processes). Together with GIT_SAFE_ENV (no system or global config)
+ * and the check of the workspace's own config below, git never runs a program that someone
+ * configured in the workspace's .git.
+ */
+export const GIT_SAFE_CONFIG = [
+  'core.hooksPath=/dev/null',
+  'core.fsmonitor=false',
+  'core.untrackedCache=false',
+  'gc.auto=0',
+  'maintenance.auto=false',
+  'core.pager=cat',
+] as const;
+
+/** Environment of every git process: no system config, no global (~/.gitconfig, XDG) config, no prompts. */
+export function gitSafeEnv(): Record<string, string> {
+  return {
+    PATH: process.env.PATH ?? '/usr/bin:/bin',
+    HOME: process.env.HOME ?? tmpdir(),
+    ...(process.env.LANG ? { LANG: process.env.LANG } : {}),
+    GIT_CONFIG_NOSYSTEM: '1',
+    GIT_CONFIG_GLOBAL: '/dev/null',
+    GIT_TERMINAL_PROMPT: '0',
+  };
+}
+
+/** `git -c ...` arguments for processes started without simple-git. */
+function safeConfigArgs(): string[] {
+  return [...GIT_SAFE_CONFIG, `user.name=${GIT_IDENTITY.name}`, `user.email=${GIT_IDENTITY.email}`].flatMap((entry) => ['-c', entry]);
+}
+
+/**
+ * Keys of a repository's config that make git run a program (or read config the server does
+ * not check). Matched against `git config --list` keys, lowercased. `-c` above already
+ * overrides some of them; they are refused anyway: nothing in .git should say what git runs.
+ */
+const PROGRAM_KEYS: { pattern: RegExp; why: string }[] = [
+  { pattern: /^filter\./, why: 'a filter driver runs a program on checkout, status and commit' },
+  { pattern: /^diff\.external$/, why: 'an external diff program runs on every diff' },
+  { pattern: /^diff\..+\.(textconv|command)$/, why: 'a diff driver runs a program on diffs' },
+  { pattern: /^merge\..+\.driver$/, why: 'a merge driver runs a program on merges' },
+  { pattern: /^core\.fsmonitor$/, why: 'an fsmonitor program runs on every status' },
+  { pattern: /^core\.hookspath$/, why: 'it points git at hooks, which run programs' },
+  { pattern: /^core\.(sshcommand|pager|editor|askpass|gitproxy|alternaterefscommand)$/, why: 'it names a program git runs' },
+  { pattern: /^core\.worktree$/, why: 'it moves the working tree out of the workspace' },
+  { pattern: /^include\.path$|^includeif\./, why: 'it includes another config file, which the server cannot check' },
+  { pattern: /^extensions\.worktreeconfig$/, why: 'per-worktree config files are read that the server does not check' },
+  { pattern: /\.(command|cmd)$/, why: 'it names a program git runs' },
+  { pattern: /^credential\.|^gpg\.|^sequence\.editor$|^pager\.|^uploadpack\.packobjectshook$|^(difftool|mergetool)\./, why: 'it names a program git runs' },
+  { pattern: /^remote\..+\.(uploadpack|receivepack)$/, why: 'it names a program git runs' },
+  { pattern: /^submodule\..+\.update$/, why: 'a submodule update command can run a program' },
+];
+
+/** core.fsmonitor=false (and the like) is harmless; any other value names a hook or a program. */
+function isHarmlessSetting(key: string, value: string): boolean {
+  return (key === 'core.fsmonitor' || key === 'extensions.worktreeconfig') && /^(false|no|off|0|)$/i.test(value.trim());
+}
+
+/** The first setting in a git config file (as `git config --list --null` prints it) that runs a program. */
+export function findProgramSetting(listing: string): { key: string; value: string; why: string } | undefined {
+  for (const entry of listing.split('\0')) {
+    if (!entry) continue;
+    const newline = entry.indexOf('\n');
+    const key = (newline < 0 ? entry : entry.slice(0, newline)).toLowerCase();
+    const value = newline < 0 ? '' : entry.slice(newline + 1);
+    const match = PROGRAM_KEYS.find((candidate) => candidate.pattern.test(key));
+    if (match && !isHarmlessSetting(key, value)) return { key, value, why: match.why };
+  }
+  return undefined;
+}
+
+/**
+ * The only way Workspace (and its callers, through `Workspace.git`) runs git: every call first
+ * checks the repository's config (cached until the file changes) and then runs git through
+ * simple-git with GIT_SAFE_CONFIG and gitSafeEnv().
+ */
+export class SafeGit {
+  readonly simple: SimpleGit;
+  private checkedConfig: string | undefined;
 
   constructor(readonly dir: string) {
-    this.git = simpleGit({ baseDir: dir, config: [`user.name=${GIT_IDENTITY.name}`, `user.email=${GIT_IDENTITY.email}`] });
+    const env = gitSafeEnv();
+    this.simple = simpleGit({
+      baseDir: dir,
+      config: [...GIT_SAFE_CONFIG, `user.name=${GIT_IDENTITY.name}`, `user.email=${GIT_IDENTITY.email}`],
+      allowEnvironment: Object.keys(env).filter((key) => key.startsWith('GIT_')),
+      unsafe: { allowUnsafeHooksPath: true, allowUnsafeFsMonitor: true, allowUnsafeConfigPaths: true, allowUnsafePager: true },
+    }).env(env);
+  }
+
+  async raw(args: string[]): Promise<string> {
+    await this.assertSafeConfig();
+    return this.simple.raw(args);
+  }
+
+  /** Where the repository's config lives: .git/config, or the common dir of a linked worktree. */
+  private async configPath(): Promise<string | undefined> {
+    const dotGit = join(this.dir, '.git');
+    const info = await lstat(dotGit).catch(() => undefined);
+    if (!info) return undefined; // not a repository yet (git init)
+    if (info.isDirectory()) return join(dotGit, 'config');
+    const pointer = /^gitdir: (.+?)\r?\n?$/.exec(await readFile(dotGit, 'utf8').catch(() => ''))?.[1];
+    if (!pointer) throw new UserError(`${dotGit} is neither a git directory nor a "gitdir:" file; the server only works in a plain git repository.`);
+    const gitDir = isAbsolute(pointer) ? pointer : resolve(this.dir, pointer);
+    const common = (await readFile(join(gitDir, 'commondir'), 'utf8').catch(() => '')).trim();
+    return join(common ? resolve(gitDir, common) : gitDir, 'config');
+  }
+
+  /**
+   * Refuses to run git when the repository's config names a program (see PROGRAM_KEYS). The
+   * file is parsed by git itself (`git config --file`, which follows no includes and runs nothing).
+   */
+  async assertSafeConfig(): Promise<void> {
+    const path = await this.configPath();
+    if (!path) return;
+    const info = await stat(path).catch(() => undefined);
+    if (!info) return;
+    const stamp = `${path}\0${info.ino}\0${info.size}\0${info.mtimeMs}\0${info.ctimeMs}`;
+    if (stamp === this.checkedConfig) return;
+    const listed = await execa('git', ['config', '--file', path, '--no-includes', '--list', '--null'], {
+      cwd: tmpdir(),
+      env: gitSafeEnv(),
+      extendEnv: false,
+      reject: false,
+      stdin: 'ignore',
+    });
+    if (listed.exitCode !== 0) {
+      throw new UserError(`git cannot read the workspace's git config ${path}: ${String(listed.stderr).trim()}. Repair or remove the broken line, then try again.`);
+    }
+    const bad = findProgramSetting(String(listed.stdout));
+    if (bad) {
+      const section = bad.key.slice(0, bad.key.lastIndexOf('.'));
+      throw new UserError(
+        `The workspace's git config (${path}) sets ${bad.key}${bad.value ? ` = ${JSON.stringify(bad.value)}` : ''}: ${bad.why}. ` +
+          `The server never runs programs configured in the workspace's .git, so it refuses to use this repository. ` +
+          `Remove the setting: git config --file ${JSON.stringify(path)} --unset-all ${bad.key}` +
+          (section.includes('.') ? ` (or the whole section: git config --file ${JSON.stringify(path)} --remove-section ${section})` : '') +
+          ', then try again.',
+      );
+    }
+    this.checkedConfig = stamp;
+  }
+}
+
+/** Git operations on a workspace: the session branch, candidate commits, worktrees. */
+export class Workspace {
+  /** Every git call goes through here: hardened configuration and environment, config checked first. */
+  readonly git: SafeGit;
+
+  constructor(readonly dir: string) {
+    this.git = new SafeGit(dir);
   }
 
   get trainPath(): string {
@@ -117,7 +264,9 @@ export class Workspace {
   }
 
   async workingTreeState(): Promise<WorkingTreeState> {
-    const status = await this.git.raw(['status', '--porcelain=v1', '--untracked-files=all']);
+    // --no-optional-locks: a read-only view never rewrites the index; submodules are not entered
+    // (their own config is not checked).
+    const status = await this.git.raw(['--no-optional-locks', 'status', '--porcelain=v1', '--untracked-files=all', '--ignore-submodules=all']);
     const paths = status
       .split('\n')
       .filter(Boolean)
@@ -137,6 +286,7 @@ export class Workspace {
   async commitCandidate(experimentId: number, parent: string, trainPy: string, message: string): Promise<string> {
     const bad = validateCommitId(parent);
     if (bad) throw new UserError(bad);
+    await this.git.assertSafeConfig();
     const scratch = await mkdtemp(join(tmpdir(), 'autoresearch-commit-'));
     try {
       const marks = join(scratch, 'marks');
@@ -153,10 +303,10 @@ export class Workspace {
         data(trainPy) +
         'done\n';
       // --force: the experiment ref is new, but fast-import refuses to "move" a ref it did not create.
-      await execa('git', ['fast-import', '--quiet', '--done', '--force', `--export-marks=${marks}`], {
+      await execa('git', [...safeConfigArgs(), 'fast-import', '--quiet', '--done', '--force', `--export-marks=${marks}`], {
         cwd: this.dir,
         input: stream,
-        env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? tmpdir() },
+        env: gitSafeEnv(),
         extendEnv: false,
       });
       const commit = /^:1 ([0-9a-f]{40,64})$/m.exec(await readFile(marks, 'utf8'))?.[1];
@@ -194,7 +344,15 @@ export class Workspace {
       const [b, o, t] = ['base', 'ours', 'theirs'].map((n) => join(scratch, n));
       await Promise.all([writeFile(b, base), writeFile(o, ours), writeFile(t, theirs)]);
       // merge-file exits with the number of conflicts; simple-git would hide that, so call git directly.
-      const merged = await execa('git', ['merge-file', '-p', '--', o, b, t], { reject: false, stdin: 'ignore', stripFinalNewline: false });
+      // Run in the scratch folder with the safe config: outside any repository, nothing configured runs.
+      const merged = await execa('git', [...safeConfigArgs(), 'merge-file', '-p', '--', o, b, t], {
+        cwd: scratch,
+        env: gitSafeEnv(),
+        extendEnv: false,
+        reject: false,
+        stdin: 'ignore',
+        stripFinalNewline: false,
+      });
       return merged.exitCode === 0 ? merged.stdout : undefined;
     } finally {
       await rm(scratch, { recursive: true, force: true });
@@ -245,7 +403,7 @@ export class Workspace {
   async diff(from: string, to: string): Promise<string> {
     const bad = validateCommitId(from) ?? validateCommitId(to);
     if (bad) throw new UserError(bad);
-    return this.git.raw(['diff', from, to, '--', TRAIN_FILE]);
+    return this.git.raw(['diff', '--no-ext-diff', '--no-textconv', from, to, '--', TRAIN_FILE]);
   }
 }
 

@@ -18,6 +18,12 @@ export const applyPatch = defineTool({
       .describe('Exact search/replace pairs, applied in order'),
     expected_hash: z.string().optional().describe('Hash from read_train_py; the patch is refused if the file changed since'),
     dry_run: z.boolean().default(false).describe('Check and show the resulting diff without writing'),
+    base_experiment: z
+      .number()
+      .int()
+      .positive()
+      .optional()
+      .describe('Patch the version of this undecided experiment instead of the head (stacking); expected_hash is then its hash'),
   },
   output: {
     written: z.boolean(),
@@ -26,10 +32,17 @@ export const applyPatch = defineTool({
     diff: z.string(),
     added: z.number().int(),
     removed: z.number().int(),
+    base_experiment: z.number().int().nullable().describe('The undecided experiment train.py now builds on; run_experiment stacks on it'),
   },
   kind: 'write',
   async handler(args, { lab }) {
-    const result = await lab.applyPatch({ diff: args.diff, edits: args.edits, expectedHash: args.expected_hash, dryRun: args.dry_run });
+    const result = await lab.applyPatch({
+      diff: args.diff,
+      edits: args.edits,
+      expectedHash: args.expected_hash,
+      dryRun: args.dry_run,
+      baseExperiment: args.base_experiment,
+    });
     const verb = result.written ? 'Patched' : 'Dry run (nothing written):';
     return {
       structured: {
@@ -39,8 +52,12 @@ export const applyPatch = defineTool({
         diff: result.diff,
         added: result.added,
         removed: result.removed,
+        base_experiment: result.baseExperiment,
       },
-      text: `${verb} train.py +${result.added} -${result.removed}, hash ${result.hash}\n${result.diff}`,
+      text:
+        `${verb} train.py +${result.added} -${result.removed}, hash ${result.hash}` +
+        (result.baseExperiment ? ` (on top of experiment ${result.baseExperiment}; run_experiment will stack on it)` : '') +
+        `\n${result.diff}`,
     };
   },
 });

@@ -2,15 +2,15 @@ import { z } from 'zod';
 import { MAX_WAIT_SECONDS } from '../core/lab.js';
 import { EXPERIMENT_STATUSES } from '../core/store.js';
 import { defineTool } from './define.js';
-import { experimentIdArg, experimentShape, experimentView, noiseShape } from './shapes.js';
-
+import { experimentDetail, experimentRow, noiseFloorLine } from './render.js';
+import { experimentIdArg, experimentShape, experimentView, noiseFloorShape, noiseFloorView, noiseShape } from './shapes.js';
 
 export const getResults = defineTool({
   name: 'get_results',
   title: 'Get experiment results',
   description:
-    'Reports experiments: status (queued, running, succeeded, crashed, timed_out, cancelled, rejected), val_bpb from the ' +
-    'server-computed result record, every summary metric, decision, timings, plus the best so far and the branch head. ' +
+    'Reports experiments: kind (candidate, noise, confirm), status (preparing, queued, running, succeeded, crashed, timed_out, cancelled, rejected), val_bpb from the ' +
+    'server-computed result record, every summary metric, decision, timings, plus the best so far, the branch head and the measured noise floor. ' +
     `With wait_seconds (at most ${MAX_WAIT_SECONDS}) it first waits for experiment_id (or the oldest unfinished one) to finish, ` +
     'sending progress notifications (step, % of budget, loss); if it is still running afterwards, call again. ' +
     'format "tsv" adds the upstream results.tsv view (commit, val_bpb, memory_gb, status, description).',
@@ -29,6 +29,7 @@ export const getResults = defineTool({
     head: z.string(),
     counts: z.record(z.string(), z.number()),
     noise: noiseShape,
+    noise_floor: noiseFloorShape,
     tsv: z.string().nullable(),
   },
   kind: 'read',
@@ -72,8 +73,20 @@ export const getResults = defineTool({
       head: await lab.workspace.headCommit(),
       counts: lab.store.countByStatus(),
       noise: lab.noise(session),
+      noise_floor: noiseFloorView(lab.noiseFloor()),
       tsv: args.format === 'tsv' ? await lab.resultsTsv(session) : null,
     };
-    return { structured, text: args.format === 'tsv' ? (structured.tsv ?? '') : undefined };
+    if (args.format === 'tsv') return { structured, text: structured.tsv ?? '' };
+    const context =
+      `Best kept: ${structured.best ? `#${structured.best.id} val_bpb ${structured.best.val_bpb?.toFixed(6)}` : 'none yet'}; ` +
+      `head ${structured.head.slice(0, 8)} on ${structured.branch}; ${noiseFloorLine(structured.noise_floor)}.`;
+    if (args.experiment_id !== undefined) return { structured, text: `${experimentDetail(experiments[0])}\n${context}` };
+    const counts = Object.entries(structured.counts).map(([status, n]) => `${status} ${n}`).join(', ');
+    return {
+      structured,
+      text:
+        `${experiments.length} experiment(s), ${args.order === 'best' ? 'best' : 'newest'} first (all: ${counts || 'none'}). ${context}\n` +
+        experiments.map(experimentRow).join('\n'),
+    };
   },
 });

@@ -3,11 +3,13 @@ import { cancelExperiment } from './cancel-experiment.js';
 import { commitOrRevert } from './commit-or-revert.js';
 import { getResults } from './get-results.js';
 import { getRunLog } from './get-run-log.js';
+import { measureNoise } from './measure-noise.js';
 import { readHarness } from './read-harness.js';
 import { readTrainPy } from './read-train-py.js';
 import { runExperiment } from './run-experiment.js';
 import { startSession } from './start-session.js';
 import { status } from './status.js';
+import { undo } from './undo.js';
 
 /** Every tool the server offers, in the order a model meets them in the workflow. */
 export const TOOLS = [
@@ -20,5 +22,7 @@ export const TOOLS = [
   getResults,
   getRunLog,
   commitOrRevert,
+  measureNoise,
+  undo,
   cancelExperiment,
 ] as const;

@@ -30,6 +30,15 @@ export const experimentShape = z.object({
     .nullable()
     .describe('Latest training progress while running'),
   error: z.string().nullable(),
+  kind: z.enum(['candidate', 'noise', 'confirm']).describe('candidate: a change measured from parent_commit; noise / confirm: re-runs of an existing commit'),
+  seed: z.number().int().nullable().describe('Seed the server gave the run'),
+  stacked_on: z.number().int().nullable().describe('The undecided experiment this one was stacked on (its commit is parent_commit)'),
+  confirms: z.number().int().nullable().describe('For confirm runs: the candidate they confirm'),
+  change_kind: z.enum(['code', 'seed_only', 'none']).nullable().describe('seed_only / none: changes nothing the model or optimiser sees; never kept as a gain'),
+  verdict: z.enum(['keep', 'discard', 'inconclusive']).nullable().describe('The last auto verdict (inconclusive leaves the experiment undecided)'),
+  decision_figures: z.record(z.string(), z.unknown()).nullable().describe('The numbers the decision used (gain, margin, sigma, runs, confidence)'),
+  undone_by: z.number().int().nullable().describe('Branch move (undo) that took this kept change off the branch'),
+  agent: z.string().nullable().describe('Who proposed it'),
 });
 
 export type ExperimentView = z.infer<typeof experimentShape>;
@@ -63,6 +72,15 @@ export function experimentView(e: Experiment, liveProgress?: { step: number; per
     finished_at: iso(e.finishedAt),
     progress: liveProgress ?? orNull(e.progress),
     error: orNull(e.error),
+    kind: e.kind ?? 'candidate',
+    seed: orNull(e.seed),
+    stacked_on: orNull(e.stackedOn),
+    confirms: orNull(e.confirms),
+    change_kind: orNull(e.changeKind),
+    verdict: orNull(e.verdict),
+    decision_figures: orNull(e.decisionFigures),
+    undone_by: orNull(e.undoneBy),
+    agent: orNull(e.agent),
   };
 }
 
@@ -76,3 +94,28 @@ export const noiseShape = z
   })
   .nullable()
   .describe('Measured seed-to-seed noise of this session; null until some train.py has run twice (re-run the unmodified head to measure it)');
+
+export const noiseFloorShape = z
+  .object({
+    id: z.number().int().optional(),
+    sigma: z.number().describe('Standard deviation of val_bpb over k runs of one commit with distinct seeds'),
+    mad: z.number().describe('Median absolute deviation of those runs'),
+    mean: z.number(),
+    k: z.number().int(),
+    commit: z.string(),
+    profile: z.string(),
+    machine: z.string(),
+    measuredAt: z.number().nullable(),
+    keepsSince: z.number().int().describe('Changes kept since it was measured'),
+    stale: z.boolean().describe('true: the head moved far since; measure_noise again'),
+    measuring: z.number().int().nullable().describe('Id of a measurement in progress'),
+  })
+  .nullable()
+  .describe('The noise floor measured by the server (measure_noise) for this profile and machine; null until measured');
+
+/** JSON cannot carry NaN: a measurement still in progress reports zeros. */
+export function noiseFloorView<T extends { sigma: number; mad: number; mean: number } | null>(noise: T): T {
+  if (!noise) return noise;
+  const clean = (v: number) => (Number.isFinite(v) ? v : 0);
+  return { ...noise, sigma: clean(noise.sigma), mad: clean(noise.mad), mean: clean(noise.mean) };
+}

@@ -1,0 +1,151 @@
+// Campaign simulator for the keep rule (no GPU, no server): each simulated experiment is an edit
+// with a known true effect on val_bpb, measured with seeded Gaussian noise of the size measured
+// on real runs. The strict rule (keep any value below the best kept) is compared with the
+// server's rule (dist/core/keep-rule.js: measured noise floor, margin at a confidence, paired
+// confirmation runs when inconclusive). Run: npm run build && node bench/campaign-sim.mjs
+import { writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { keepRule, noiseStats } from '../dist/core/keep-rule.js';
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const args = Object.fromEntries(process.argv.slice(2).map((a) => a.replace(/^--/, '').split('=')));
+const CAMPAIGNS = Number(args.campaigns ?? 100);
+const EXPERIMENTS = Number(args.experiments ?? 200);
+const SIGMA = Number(args.sigma ?? 0.002); // seed-to-seed sigma (GPU profile, community runs)
+const P_REAL = Number(args.p_real ?? 0.3); // share of edits with a real effect
+const CONFIDENCE = Number(args.confidence ?? 0.99);
+const NOISE_K = 3;
+const CONFIRM_PAIRS = 2;
+const RUN_MINUTES = 5;
+
+function rng(seed) {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+function gauss(rand) {
+  return Math.sqrt(-2 * Math.log(rand() || 1e-12)) * Math.cos(2 * Math.PI * rand());
+}
+
+/** The edits of one campaign: true effect (negative = better), the same for both rules. */
+function edits(rand) {
+  return Array.from({ length: EXPERIMENTS }, () => {
+    if (rand() >= P_REAL) return 0; // pure-noise edit
+    // real effects: 60 % help (0.5 .. 4 sigma), 40 % hurt
+    const size = SIGMA * (0.5 + 3.5 * rand());
+    return rand() < 0.6 ? -size : size;
+  });
+}
+
+function campaign(seed, rule) {
+  const rand = rng(seed);
+  const plan = edits(rng(seed * 7919 + 1));
+  const measure = (q) => q + SIGMA * gauss(rand);
+  let quality = 1.0; // true val_bpb of the head
+  let runs = 0;
+  const stats = { falseKeeps: 0, trueKeeps: 0, realGains: plan.filter((e) => e < 0).length, noiseEdits: plan.filter((e) => e === 0).length, keptHarm: 0 };
+  let head = [measure(quality)]; // baseline run
+  runs += 1;
+  let sigma = SIGMA;
+  if (rule === 'ours') {
+    const noise = Array.from({ length: NOISE_K }, () => measure(quality));
+    runs += NOISE_K;
+    head.push(...noise);
+    sigma = noiseStats(noise).sigma;
+  }
+  let best = head[0];
+  for (const effect of plan) {
+    const value = measure(quality + effect);
+    runs += 1;
+    let keep;
+    if (rule === 'strict') {
+      keep = value < best;
+    } else {
+      let candidate = [value];
+      let verdict = keepRule({ candidate, head, sigma, confidence: CONFIDENCE }).verdict;
+      if (verdict === 'inconclusive') {
+        for (let i = 0; i < CONFIRM_PAIRS; i += 1) {
+          candidate.push(measure(quality + effect));
+          head = [...head, measure(quality)];
+          runs += 2;
+        }
+        verdict = keepRule({ candidate, head, sigma, confidence: CONFIDENCE }).verdict;
+      }
+      keep = verdict === 'keep';
+      if (keep) head = candidate;
+    }
+    if (keep) {
+      if (effect < 0) stats.trueKeeps += 1;
+      else if (effect === 0) stats.falseKeeps += 1;
+      else stats.keptHarm += 1;
+      quality += effect;
+      best = value;
+    }
+  }
+  const hours = (runs * RUN_MINUTES) / 60;
+  return { ...stats, runs, hours, improvement: 1.0 - quality, perGpuHour: (1.0 - quality) / hours };
+}
+
+function summarise(rule) {
+  const all = Array.from({ length: CAMPAIGNS }, (_, i) => campaign(1000 + i, rule));
+  const sum = (key) => all.reduce((s, c) => s + c[key], 0);
+  const noiseEdits = sum('noiseEdits');
+  return {
+    rule,
+    campaigns: CAMPAIGNS,
+    experiments_per_campaign: EXPERIMENTS,
+    false_keeps: sum('falseKeeps'),
+    false_keep_rate: sum('falseKeeps') / noiseEdits, // pure-noise edits kept, of all pure-noise edits
+    harmful_keeps: sum('keptHarm'),
+    true_keeps: sum('trueKeeps'),
+    real_gains_offered: sum('realGains'),
+    runs_per_campaign: sum('runs') / CAMPAIGNS,
+    true_improvement_mean: sum('improvement') / CAMPAIGNS,
+    true_improvement_per_gpu_hour: sum('improvement') / sum('hours'),
+  };
+}
+
+const strict = summarise('strict');
+const ours = summarise('ours');
+const result = {
+  generated_at: new Date().toISOString(),
+  parameters: { sigma: SIGMA, p_real: P_REAL, confidence: CONFIDENCE, noise_k: NOISE_K, confirm_pairs: CONFIRM_PAIRS, run_minutes: RUN_MINUTES },
+  strict,
+  ours,
+  targets: {
+    false_keep_rate_at_most_5_percent: ours.false_keep_rate <= 0.05,
+    true_keeps_at_least_80_percent_of_strict: ours.true_keeps >= 0.8 * strict.true_keeps,
+  },
+};
+writeFileSync(join(HERE, 'results-campaign-sim.json'), `${JSON.stringify(result, null, 2)}\n`);
+
+// A bar figure: false keeps, true keeps, harmful keeps per campaign, and true gain per GPU-hour.
+const bars = [
+  ['false keeps / campaign', strict.false_keeps / CAMPAIGNS, ours.false_keeps / CAMPAIGNS],
+  ['harmful keeps / campaign', strict.harmful_keeps / CAMPAIGNS, ours.harmful_keeps / CAMPAIGNS],
+  ['true keeps / campaign', strict.true_keeps / CAMPAIGNS, ours.true_keeps / CAMPAIGNS],
+  ['true gain (mbpb) / GPU-hour', strict.true_improvement_per_gpu_hour * 1000, ours.true_improvement_per_gpu_hour * 1000],
+];
+const width = 720;
+const rowH = 70;
+const height = 60 + bars.length * rowH;
+const svg = [`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="13">`,
+  `<text x="10" y="22" font-size="15" font-weight="bold">Keep rules over ${CAMPAIGNS} simulated campaigns of ${EXPERIMENTS} experiments (sigma ${SIGMA})</text>`,
+  `<rect x="470" y="34" width="12" height="12" fill="#c0504d"/><text x="486" y="45">strict &lt;</text><rect x="560" y="34" width="12" height="12" fill="#2e7d32"/><text x="576" y="45">noise rule</text>`];
+bars.forEach(([label, a, b], i) => {
+  const y = 60 + i * rowH;
+  const max = Math.max(a, b, 1e-9);
+  const scale = (v) => (v / max) * 380;
+  svg.push(`<text x="10" y="${y + 20}">${label}</text>`);
+  svg.push(`<rect x="220" y="${y + 6}" width="${scale(a).toFixed(1)}" height="18" fill="#c0504d"/><text x="${(225 + scale(a)).toFixed(1)}" y="${y + 20}">${a.toFixed(2)}</text>`);
+  svg.push(`<rect x="220" y="${y + 30}" width="${scale(b).toFixed(1)}" height="18" fill="#2e7d32"/><text x="${(225 + scale(b)).toFixed(1)}" y="${y + 44}">${b.toFixed(2)}</text>`);
+});
+svg.push('</svg>');
+writeFileSync(join(HERE, 'campaign-sim.svg'), `${svg.join('\n')}\n`);
+console.log(JSON.stringify(result, null, 2));

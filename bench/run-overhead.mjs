@@ -1,0 +1,99 @@
+// What a run costs beyond its training budget: sandbox start, interpreter and model start-up,
+// the hand-over (weights + TorchScript export), the evaluator in its own sandbox, and the
+// server's bookkeeping. Runs the unmodified train.py on the cpu profile through the real server
+// (stdio, in-process), sandboxed and --unsandboxed, and reads the supervisor's and evaluator's
+// measured times from the stored rows.
+// Usage: npm run build && node bench/run-overhead.mjs [runs]   (writes bench/results-run-overhead-<host>.json)
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { cpus, hostname, loadavg, tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { createWorkspace } from '../dist/core/init.js';
+import { Store } from '../dist/core/store.js';
+
+const ROOT = resolve(import.meta.dirname, '..');
+const PYTHON = process.env.AUTORESEARCH_PYTHON ?? '/usr/bin/python3';
+const RUNS = Number(process.argv[2] ?? 2);
+
+async function connect(workspace, extra) {
+  const transport = new StdioClientTransport({
+    command: process.execPath,
+    args: [join(ROOT, 'dist', 'cli.js'), 'serve', '--workspace', workspace, '--no-daemon', ...extra],
+    env: { PATH: process.env.PATH, HOME: process.env.HOME ?? '/tmp' },
+    stderr: 'ignore',
+  });
+  const client = new Client({ name: 'bench-run-overhead', version: '1' });
+  await client.connect(transport);
+  return client;
+}
+
+async function call(client, name, args) {
+  const result = await client.callTool({ name, arguments: args });
+  if (result.isError) throw new Error(`${name}: ${JSON.stringify(result.content)}`);
+  return result.structuredContent;
+}
+
+async function runBaseline(client, description) {
+  const queued = await call(client, 'run_experiment', { description });
+  const id = queued.experiment.id;
+  for (;;) {
+    const result = await call(client, 'get_results', { experiment_id: id, wait_seconds: 30 });
+    const status = result.experiments[0].status;
+    if (!['preparing', 'queued', 'running'].includes(status)) return id;
+  }
+}
+
+const root = mkdtempSync(join(tmpdir(), 'ar-overhead-'));
+const workspace = join(root, 'ws');
+process.stderr.write('preparing a cpu-profile workspace...\n');
+await createWorkspace(workspace, { profile: 'cpu', python: PYTHON, dataDir: join(root, 'data') });
+
+const ids = { sandboxed: [], unsandboxed: [] };
+for (const mode of ['sandboxed', 'unsandboxed']) {
+  const client = await connect(workspace, mode === 'unsandboxed' ? ['--unsandboxed'] : []);
+  await call(client, 'start_session', { tag: `bench-${mode}` });
+  for (let i = 0; i < RUNS; i++) {
+    process.stderr.write(`${mode} run ${i + 1}/${RUNS}...\n`);
+    ids[mode].push(await runBaseline(client, `unmodified train.py (${mode} ${i + 1})`));
+  }
+  await client.close();
+}
+
+const store = Store.open(join(workspace, '.autoresearch', 'state.db'));
+const rows = {};
+for (const [mode, list] of Object.entries(ids)) {
+  rows[mode] = list.map((id) => {
+    const e = store.getExperiment(id);
+    if (e.status !== 'succeeded') throw new Error(`experiment ${id} ${e.status}: ${e.error}`);
+    const overhead = e.totalSeconds - e.trainingSeconds;
+    return {
+      id,
+      val_bpb: e.valBpb,
+      total_seconds: +e.totalSeconds.toFixed(2),
+      training_seconds: +e.trainingSeconds.toFixed(2),
+      startup_seconds: +e.startupSeconds.toFixed(2),
+      export_seconds: +e.exportSeconds.toFixed(2),
+      eval_seconds: +(e.evalSeconds ?? NaN).toFixed(2),
+      overhead_seconds: +overhead.toFixed(2),
+      rest_seconds: +(overhead - e.startupSeconds - e.exportSeconds - (e.evalSeconds ?? 0)).toFixed(2),
+    };
+  });
+}
+store.close();
+
+const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
+const report = {
+  machine: `${hostname()} (${cpus().length} x ${cpus()[0]?.model ?? 'cpu'})`,
+  load_average_at_end: loadavg().map((v) => +v.toFixed(2)),
+  date: new Date().toISOString(),
+  profile: 'cpu',
+  target_overhead_seconds: 3,
+  median_overhead_seconds: Object.fromEntries(Object.entries(rows).map(([mode, list]) => [mode, median(list.map((r) => r.overhead_seconds))])),
+  runs: rows,
+  note: 'overhead = total (run_experiment start to stored result) - training (first batch to hand-over, measured by the supervisor). startup: supervisor spawn to the first batch (sandbox, interpreter, model build). export: hand-over to the received TorchScript file. eval: the evaluator in its own process. rest: run folder, pin hashing, process starts and bookkeeping.',
+};
+const out = join(ROOT, 'bench', `results-run-overhead-${hostname()}.json`);
+writeFileSync(out, `${JSON.stringify(report, null, 2)}\n`);
+process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+process.stderr.write(`written: ${out}\n`);

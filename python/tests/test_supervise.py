@@ -1,0 +1,517 @@
+"""Tests of the trusted supervisor (python/supervise.py) with real trainer processes, no mocks.
+
+Each test writes a small trainer script, runs `supervise.py --spec spec.json` on a smoke data
+directory prepared once with prepare_data.py, and checks the one-line JSON report, the files in
+the hand-over folder and the log. Trainers are plain `python3 -u script` (unsandboxed) except
+where the sandbox is the point (bwrap, when it works here).
+
+Run: cd python && /usr/bin/python3 -m pytest tests/test_supervise.py -x -q
+"""
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+PYTHON_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUPERVISE_PY = os.path.join(PYTHON_DIR, "supervise.py")
+PREPARE_DATA_PY = os.path.join(PYTHON_DIR, "prepare_data.py")
+PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+BWRAP = shutil.which("bwrap")
+
+# A trainer that speaks the channel protocol by hand (no prepare.py, no torch): fast to start.
+RAW = '''
+import os, socket, sys, time, json, io, zipfile
+sock = socket.socket(fileno=int(os.environ["AUTORESEARCH_CHANNEL_FD"]))
+rf = sock.makefile("rb")
+def ask(line, payload=b""):
+    sock.sendall(line.encode() + b"\\n" + payload)
+    return rf.readline().decode().strip()
+def batch(b, t):
+    a = ask(f"batch {b} {t}")
+    if a.startswith("ok "):
+        data = rf.read(int(a.split()[1]))
+        assert len(data) == b * (t + 1) * 4
+    return a
+def archive(code=False):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("archive/data.pkl", b"not really a pickle")
+        if code:
+            z.writestr("archive/code/__torch__.py", b"")
+    return buf.getvalue()
+'''
+
+
+def write_corpus(folder, n_docs=40, chars=2000, seed=0):
+    rng = random.Random(seed)
+    syllables = ["ka", "to", "ri", "en", "the", "and", "ion", "ver", "st", "pla", "mo", "qu", "ed"]
+    words = ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 3))) for _ in range(300)]
+    weights = [1.0 / (k + 1) for k in range(len(words))]
+    os.makedirs(folder, exist_ok=True)
+    for i in range(n_docs):
+        text = " ".join(rng.choices(words, weights, k=chars // 5))
+        with open(os.path.join(folder, f"doc{i:03d}.txt"), "w", encoding="utf-8") as f:
+            f.write(text)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def smoke_data(tmp_path_factory):
+    corpus = write_corpus(str(tmp_path_factory.mktemp("corpus")))
+    data = str(tmp_path_factory.mktemp("smoke"))
+    proc = subprocess.run([PYTHON, PREPARE_DATA_PY, "--profile", "smoke", "--data-dir", data, "--corpus", corpus],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return data
+
+
+def manifest(data_dir):
+    with open(os.path.join(data_dir, "manifest.json")) as f:
+        return json.load(f)
+
+
+class Run:
+    def __init__(self, report, returncode, stderr, log, handover):
+        self.report, self.returncode, self.stderr, self.log, self.handover = report, returncode, stderr, log, handover
+
+
+def supervise(tmp_path, data_dir, script, argv_prefix=(), env=None, timeout=60, **spec):
+    """Writes script, runs supervise.py on it, returns a Run."""
+    path = tmp_path / "trainer.py"
+    path.write_text(textwrap.dedent(script), encoding="utf-8")
+    env_all = {"PATH": "/usr/bin:/bin", "PYTHONPATH": PYTHON_DIR, "AUTORESEARCH_DATA_DIR": data_dir,
+               "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    env_all.update(env or {})
+    full = {
+        "trainer_argv": [*argv_prefix, PYTHON, "-u", str(path)],
+        "trainer_env": env_all,
+        "log_path": str(tmp_path / "run.log"),
+        "data_dir": data_dir,
+        "scratch_host": str(tmp_path),
+        "handover_dir": str(tmp_path / "handover"),
+        "seed": 42, "time_budget": 1.0, "budget_slack": 0.2,
+        "startup_allowance": 20, "export_allowance": 20,
+        "max_batch_tokens": 1 << 16,
+    }
+    full.update(spec)
+    (tmp_path / "spec.json").write_text(json.dumps(full))
+    proc = subprocess.run([PYTHON, SUPERVISE_PY, "--spec", str(tmp_path / "spec.json")],
+                          capture_output=True, text=True, timeout=timeout)
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, (proc.stdout, proc.stderr)
+    log = (tmp_path / "run.log").read_text() if (tmp_path / "run.log").exists() else ""
+    return Run(json.loads(lines[0]), proc.returncode, proc.stderr, log, str(tmp_path / "handover"))
+
+
+def sha(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def gone(pid, wait=3.0):
+    """True once pid is no longer a live process (absent or a zombie)."""
+    end = time.time() + wait
+    while time.time() < end:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            if state in ("Z", "X"):
+                return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def processes_running(marker):
+    """Live pids whose command line contains marker."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmd = f.read()
+            with open(f"/proc/{name}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in cmd and state not in ("Z", "X"):
+            found.append(int(name))
+    return found
+
+
+def bwrap_works():
+    if not BWRAP:
+        return False
+    proc = subprocess.run([BWRAP, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--dev", "/dev",
+                           "--proc", "/proc", "--", "/bin/true"], capture_output=True, timeout=30)
+    return proc.returncode == 0
+
+
+SANDBOX = ["--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/", "/", "--dev", "/dev",
+           "--proc", "/proc", "--"]
+needs_bwrap = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap is not available here")
+
+HONEST = '''
+import torch
+import prepare
+from prepare import make_dataloader, budget_used, finish_training, VOCAB_SIZE
+
+class Bigram(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(VOCAB_SIZE, VOCAB_SIZE)
+        self.register_buffer("scale", torch.ones(1))
+    def forward(self, idx):
+        return self.emb(idx) * self.scale
+
+torch.manual_seed(prepare.SEED)
+model = Bigram()
+opt = torch.optim.SGD(model.parameters(), lr=0.5)
+assert budget_used() == 0.0
+loader = make_dataloader(4, 16, "cpu")
+steps = 0
+while budget_used() < 0.5:
+    x, y = next(loader)
+    assert x.shape == y.shape == (4, 16) and x.dtype == torch.long
+    assert (x[:, 1:] == y[:, :-1]).all()
+    loss = torch.nn.functional.cross_entropy(model(x).view(-1, VOCAB_SIZE), y.view(-1))
+    opt.zero_grad(); loss.backward(); opt.step()
+    steps += 1
+torch.save(model.state_dict(), "expected.pt")
+print("steps", steps, flush=True)
+finish_training(model)
+print("after finish_training", flush=True)
+time.sleep(30)
+'''
+
+
+# ---------------------------------------------------------------------------------------------
+# The honest path
+# ---------------------------------------------------------------------------------------------
+
+def test_honest_handover_writes_weights_and_model_with_measured_times(tmp_path, smoke_data):
+    torch = pytest.importorskip("torch")
+    run = supervise(tmp_path, smoke_data, "import time\n" + HONEST, scratch_host=str(tmp_path))
+    r = run.report
+    assert r["outcome"] == "handed_over", (r, run.log[-3000:], run.stderr)
+    assert r["reason"] is None and run.returncode == 0
+    assert 0 < r["startup_seconds"] < 20
+    assert 0.5 <= r["training_seconds"] <= 1.2
+    assert 0 <= r["export_seconds"] < 20
+    assert r["batches_served"] > 0 and r["tokens_served"] == r["batches_served"] * 4 * 17
+    assert r["cpu_seconds"] > 0.3
+    assert r["signal"] == "SIGKILL" and r["exit_code"] is None     # killed at `model`
+    weights, model = os.path.join(run.handover, "weights.pt"), os.path.join(run.handover, "model.pt")
+    assert sorted(os.listdir(run.handover)) == ["model.pt", "weights.pt"]
+    assert r["weights_sha256"] == sha(weights) and r["model_sha256"] == sha(model)
+    assert "after finish_training" not in run.log
+
+    # the weights are the trained ones (parameters and buffers), the model runs at the traced shape
+    got = torch.load(weights)
+    expected = torch.load(str(tmp_path / "expected.pt"))
+    assert set(got) == {"emb.weight", "scale"}
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    man = manifest(smoke_data)
+    program = torch.jit.load(model)
+    x = torch.randint(0, man["tokenizer"]["bos_id"], (man["constants"]["EVAL_BATCH"], man["constants"]["MAX_SEQ_LEN"]))
+    logits = program(x)
+    assert logits.shape == (x.shape[0], x.shape[1], man["constants"]["VOCAB_SIZE"])
+    assert torch.equal(logits, got["emb.weight"][x])
+
+
+def test_protocol_by_hand_clock_batches_after_handover_and_hashes(tmp_path, smoke_data):
+    script = RAW + '''
+answers = {}
+answers["clock0"] = ask("clock")
+answers["batch"] = batch(2, 8)
+time.sleep(0.2)
+answers["clock1"] = ask("clock")
+w = archive()
+answers["handover"] = ask(f"handover {len(w)}", w)
+answers["late_batch"] = ask("batch 2 8")
+c1 = ask("clock"); time.sleep(0.2); c2 = ask("clock")
+answers["frozen"] = c1 == c2
+print(json.dumps(answers), flush=True)
+m = archive(code=True)
+ask(f"model {len(m)}", m)
+time.sleep(30)
+'''
+    run = supervise(tmp_path, smoke_data, script)
+    r = run.report
+    assert r["outcome"] == "handed_over", (r, run.log)
+    answers = json.loads([l for l in run.log.splitlines() if l.startswith("{")][0])
+    assert answers["clock0"] == "clock 0.000000 1.000000"
+    assert answers["batch"] == f"ok {2 * 9 * 4}"
+    assert 0.2 <= float(answers["clock1"].split()[1]) < 1.0
+    assert answers["handover"] == "ok"
+    assert answers["late_batch"].startswith("err") and "handed over" in answers["late_batch"]
+    assert answers["frozen"] is True
+    assert 0.2 <= r["training_seconds"] < 1.0 and r["batches_served"] == 1 and r["tokens_served"] == 18
+    assert r["weights_sha256"] == sha(os.path.join(run.handover, "weights.pt"))
+    assert r["model_sha256"] == sha(os.path.join(run.handover, "model.pt"))
+
+
+def test_the_seed_sets_the_data_order(tmp_path, smoke_data):
+    script = RAW + '''
+import hashlib
+a = ask("batch 4 16"); data = rf.read(int(a.split()[1]))
+print("rows", hashlib.sha256(data).hexdigest(), flush=True)
+'''
+    digests = []
+    for i, seed in enumerate((1, 1, 2)):
+        d = tmp_path / f"s{i}"
+        d.mkdir()
+        run = supervise(d, smoke_data, script, seed=seed)
+        assert run.report["outcome"] == "exited"
+        digests.append([l for l in run.log.splitlines() if l.startswith("rows ")][0])
+    assert digests[0] == digests[1] != digests[2]
+
+
+# ---------------------------------------------------------------------------------------------
+# Over budget: killed near the allowance, whatever the trainer does
+# ---------------------------------------------------------------------------------------------
+
+def test_training_past_the_budget_is_killed_near_budget_plus_slack(tmp_path, smoke_data):
+    script = RAW + '''
+while True:
+    batch(4, 16)
+'''
+    t0 = time.time()
+    run = supervise(tmp_path, smoke_data, script)
+    wall = time.time() - t0
+    r = run.report
+    assert r["outcome"] == "over_budget" and "training" in r["reason"], r
+    assert 1.2 <= r["training_seconds"] <= 2.0
+    assert r["signal"] == "SIGKILL" and r["weights_sha256"] is None and r["model_sha256"] is None
+    assert r["batches_served"] > 10
+    assert wall < 10
+
+
+def test_a_trainer_that_stops_talking_mid_handover_is_killed_at_the_deadline(tmp_path, smoke_data):
+    script = RAW + '''
+batch(1, 8)
+sock.sendall(b"handover 1000\\n" + b"x" * 10)
+time.sleep(60)
+'''
+    run = supervise(tmp_path, smoke_data, script)
+    r = run.report
+    assert r["outcome"] == "over_budget" and "training" in r["reason"], r
+    assert 1.2 <= r["training_seconds"] <= 2.0
+    assert os.listdir(run.handover) == []          # no partial file left
+
+
+def test_a_trainer_that_does_not_read_its_batches_is_killed_at_the_deadline(tmp_path, smoke_data):
+    script = RAW + '''
+for _ in range(200):
+    sock.sendall(b"batch 1000 64\\n")
+time.sleep(60)
+'''
+    run = supervise(tmp_path, smoke_data, script, max_batch_tokens=1 << 20)
+    r = run.report
+    assert r["outcome"] == "over_budget" and "training" in r["reason"], r
+    assert 1.2 <= r["training_seconds"] <= 2.0
+
+
+def test_a_trainer_that_never_asks_for_a_batch_is_over_budget_at_startup(tmp_path, smoke_data):
+    run = supervise(tmp_path, smoke_data, "import time\ntime.sleep(60)\n", startup_allowance=1.0)
+    r = run.report
+    assert r["outcome"] == "over_budget" and "startup" in r["reason"], r
+    assert 1.0 <= r["startup_seconds"] <= 1.8
+    assert r["training_seconds"] is None and r["batches_served"] == 0
+
+
+def test_a_slow_export_is_over_budget(tmp_path, smoke_data):
+    script = RAW + '''
+batch(1, 8)
+w = archive()
+ask(f"handover {len(w)}", w)
+time.sleep(60)
+'''
+    run = supervise(tmp_path, smoke_data, script, export_allowance=0.5)
+    r = run.report
+    assert r["outcome"] == "over_budget" and "export" in r["reason"], r
+    assert 0.5 <= r["export_seconds"] <= 1.3
+    assert r["weights_sha256"] == sha(os.path.join(run.handover, "weights.pt")) and r["model_sha256"] is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Crashes and bad requests
+# ---------------------------------------------------------------------------------------------
+
+def test_crash_before_handover_is_exited_with_the_exit_code(tmp_path, smoke_data):
+    script = RAW + '''
+batch(2, 8)
+t = time.process_time()
+while time.process_time() - t < 0.6:
+    pass
+raise RuntimeError("boom in the trainer")
+'''
+    run = supervise(tmp_path, smoke_data, script, time_budget=20)
+    r = run.report
+    assert r["outcome"] == "exited" and "exit code 1" in r["reason"], r
+    assert r["exit_code"] == 1 and r["signal"] is None
+    assert "boom in the trainer" in run.log
+    assert r["cpu_seconds"] >= 0.5
+
+
+def test_bad_requests_get_err_lines_and_the_run_goes_on(tmp_path, smoke_data):
+    script = RAW + '''
+out = []
+for line in ["batch 100000 64", "batch 4 65", "batch -1 5", "batch 0 5", "batch 1.5 2",
+             "batch 99999999999 1", "batch 4", "batch 4 16 extra", "hello", "clock now", "x" * 1000]:
+    out.append(ask(line))
+out.append(batch(4, 64))
+print(json.dumps(out), flush=True)
+'''
+    run = supervise(tmp_path, smoke_data, script)
+    answers = json.loads([l for l in run.log.splitlines() if l.startswith("[")][0])
+    assert all(a.startswith("err ") for a in answers[:-1]), answers
+    assert "tokens" in answers[0] and "MAX_SEQ_LEN" in answers[1] and "too long" in answers[10]
+    assert answers[8] == answers[9] == "err unknown request"
+    assert answers[-1] == f"ok {4 * 65 * 4}"
+    assert run.report["outcome"] == "exited" and run.report["exit_code"] == 0
+
+
+@pytest.mark.parametrize("payload, reason", [
+    ('sock.sendall(b"handover 10\\n" + b"0123456789")', "not a torch archive"),
+    ('sock.sendall(b"handover 99999999999999\\n")', "malformed"),
+    ('sock.sendall(b"handover %d\\n" % (5 << 30))', "payload of"),
+    ('sock.sendall(b"handover -5\\n")', "malformed"),
+    ('m = archive(code=True); sock.sendall(b"model %d\\n" % len(m) + m)', "before the weights"),
+    ('w = archive(); ask(f"handover {len(w)}", w); sock.sendall(b"model 5\\nabcde")', "not a torch archive"),
+    ('w = archive(); ask(f"handover {len(w)}", w); sock.sendall(b"model %d\\n" % len(w) + w)', "not a TorchScript"),
+])
+def test_malformed_handover_or_model_is_killed_with_error(tmp_path, smoke_data, payload, reason):
+    script = RAW + f'''
+batch(1, 8)
+{payload}
+time.sleep(60)
+'''
+    run = supervise(tmp_path, smoke_data, script)
+    r = run.report
+    assert r["outcome"] == "error" and reason in r["reason"], r
+    assert r["signal"] == "SIGKILL" and r["model_sha256"] is None
+    assert not [n for n in os.listdir(run.handover) if n.endswith(".part") or n == "model.pt"]
+
+
+def test_handover_before_any_batch_is_an_error(tmp_path, smoke_data):
+    script = RAW + '''
+w = archive()
+sock.sendall(f"handover {len(w)}\\n".encode() + w)
+time.sleep(60)
+'''
+    r = supervise(tmp_path, smoke_data, script).report
+    assert r["outcome"] == "error" and "before the first training batch" in r["reason"], r
+
+
+def test_closing_the_channel_without_exiting_is_an_error(tmp_path, smoke_data):
+    script = RAW + '''
+batch(1, 8)
+rf.close(); sock.close()
+time.sleep(60)
+'''
+    r = supervise(tmp_path, smoke_data, script, time_budget=10).report
+    assert r["outcome"] == "error" and "closed the harness channel" in r["reason"], r
+
+
+def test_a_bad_spec_is_a_json_error_line(tmp_path, smoke_data):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"trainer_argv": [], "data_dir": smoke_data}))
+    proc = subprocess.run([PYTHON, SUPERVISE_PY, "--spec", str(spec)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    report = json.loads(proc.stdout)
+    assert report["outcome"] == "error" and "trainer_argv" in report["reason"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes: nothing the trainer started outlives the run
+# ---------------------------------------------------------------------------------------------
+
+def test_children_in_the_trainers_group_are_killed(tmp_path, smoke_data):
+    script = RAW + '''
+batch(1, 8)
+pid = os.fork()
+if pid == 0:
+    time.sleep(120)
+    os._exit(0)
+print("child", pid, flush=True)
+time.sleep(120)
+'''
+    run = supervise(tmp_path, smoke_data, script, time_budget=0.5, budget_slack=0.0)
+    assert run.report["outcome"] == "over_budget"
+    child = int([l for l in run.log.splitlines() if l.startswith("child ")][0].split()[1])
+    assert gone(child)
+
+
+DAEMON = RAW + '''
+batch(1, 8)
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        t = time.time()
+        while time.time() - t < 120:      # a daemon that burns CPU
+            pass
+        os._exit(0)
+    os._exit(0)
+t = time.process_time()
+while True:
+    pass
+'''
+
+
+def test_setsid_daemon_escapes_the_group_kill_when_unsandboxed(tmp_path, smoke_data):
+    """Documents the limit: without the sandbox's pid namespace a double fork outlives the run."""
+    run = supervise(tmp_path, smoke_data, DAEMON, time_budget=0.5, budget_slack=0.0)
+    marker = str(tmp_path / "trainer.py")
+    try:
+        assert run.report["outcome"] == "over_budget"
+        assert processes_running(marker), "expected the unsandboxed daemon to survive"
+    finally:
+        for pid in processes_running(marker):
+            os.kill(pid, 9)
+
+
+@needs_bwrap
+def test_setsid_daemon_dies_with_the_sandbox(tmp_path, smoke_data):
+    run = supervise(tmp_path, smoke_data, DAEMON, argv_prefix=[BWRAP, *SANDBOX], time_budget=1.0, budget_slack=0.0)
+    marker = str(tmp_path / "trainer.py")
+    try:
+        r = run.report
+        assert r["outcome"] == "over_budget" and r["signal"] == "SIGKILL", (r, run.log, run.stderr)
+        assert r["batches_served"] == 1
+        end = time.time() + 5
+        while processes_running(marker) and time.time() < end:
+            time.sleep(0.1)
+        assert not processes_running(marker), "a process of the sandbox outlived the run"
+        assert r["cpu_seconds"] >= 0.8     # the trainer's and the daemon's, sampled from /proc
+    finally:
+        for pid in processes_running(marker):
+            os.kill(pid, 9)
+
+
+@needs_bwrap
+def test_sandboxed_honest_trainer_hands_over(tmp_path, smoke_data):
+    pytest.importorskip("torch")
+    run = supervise(tmp_path, smoke_data, "import time\n" + HONEST.replace('"expected.pt"', '"/dev/null"'),
+                    argv_prefix=[BWRAP, *SANDBOX])
+    r = run.report
+    assert r["outcome"] == "handed_over", (r, run.log[-3000:], run.stderr)
+    assert r["model_sha256"] == sha(os.path.join(run.handover, "model.pt"))
+
+
+def test_trusted_modules_import_neither_torch_nor_agent_code():
+    code = ("import sys; import supervise, batches, prepare_data; "
+            "print(sorted(m for m in ('torch', 'train') if m in sys.modules))")
+    proc = subprocess.run([PYTHON, "-c", code], cwd=PYTHON_DIR, capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": PYTHON_DIR})
+    assert proc.stdout.strip() == "[]", proc.stderr
