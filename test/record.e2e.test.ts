@@ -192,11 +192,13 @@ describe('the research record (smoke profile, real runs)', () => {
     const auto = await ok(client, 'commit_or_revert', { experiment_id: seedOnly.experiment.id });
     expect(auto.decision).toBe('discard');
 
-    // Far too low learning rates: clearly worse, and still a finished run (a too-high or lopsided
-    // change can diverge, and a crash would be discarded without the noise rule).
-    await patch(client, 'MATRIX_LR', '0.0007');
-    await patch(client, 'EMBED_LR', '0.02');
-    const bad = await ok(client, 'run_experiment', { description: 'learning rates / 30' });
+    // Far too low learning rates: worse by far more than machine load moves a wall-clock-budget
+    // run, and still a finished run (a too-high or lopsided change can diverge, and a crash would
+    // be discarded without the noise rule).
+    await patch(client, 'MATRIX_LR', '0.00002');
+    await patch(client, 'EMBED_LR', '0.0006');
+    await patch(client, 'HEAD_LR', '0.000016');
+    const bad = await ok(client, 'run_experiment', { description: 'learning rates / 1000' });
     const badRun = await waitFinished(client, bad.experiment.id);
     expect(badRun.status, JSON.stringify(badRun)).toBe('succeeded');
     expect(await fails(client, 'commit_or_revert', { experiment_id: bad.experiment.id, confidence: 1.5 })).toMatch(/between 0 and 1/);
