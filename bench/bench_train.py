@@ -8,7 +8,7 @@ would, and records what the run reports:
 The result goes to bench/results-train-<hostname>.json, naming the machine.
 
 Usage:
-  /usr/bin/python3 bench/bench_train.py                       # cpu profile here, gpu where CUDA is
+  python/.venv/bin/python bench/bench_train.py                       # cpu profile here, gpu where CUDA is
   python3 bench/bench_train.py --profile gpu --data-dir /data/gpu --runs 2
 """
 

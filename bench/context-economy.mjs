@@ -16,7 +16,7 @@ import { join, resolve } from 'node:path';
 import { createWorkspace } from '../dist/core/init.js';
 
 const ROOT = resolve(import.meta.dirname, '..');
-const PYTHON = process.env.AUTORESEARCH_PYTHON ?? '/usr/bin/python3';
+const PYTHON = process.env.AUTORESEARCH_PYTHON ?? new URL('../python/.venv/bin/python', import.meta.url).pathname;
 const CYCLES = Number(process.argv[2] ?? 50);
 const LABEL = process.argv[3] ?? 'current';
 const UNFINISHED = ['preparing', 'queued', 'running'];

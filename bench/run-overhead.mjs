@@ -13,7 +13,7 @@ import { createWorkspace } from '../dist/core/init.js';
 import { Store } from '../dist/core/store.js';
 
 const ROOT = resolve(import.meta.dirname, '..');
-const PYTHON = process.env.AUTORESEARCH_PYTHON ?? '/usr/bin/python3';
+const PYTHON = process.env.AUTORESEARCH_PYTHON ?? new URL('../python/.venv/bin/python', import.meta.url).pathname;
 const RUNS = Number(process.argv[2] ?? 2);
 
 async function connect(workspace, extra) {

@@ -9,7 +9,8 @@ import { createWorkspace, type Profile } from '../src/core/init.js';
 
 export const ROOT = resolve(import.meta.dirname, '..');
 export const CLI = join(ROOT, 'dist', 'cli.js');
-export const PYTHON = '/usr/bin/python3';
+/** The interpreter the tests train with: AUTORESEARCH_PYTHON, else python/.venv (made by `npm run setup:python`, which `npm test` runs first). */
+export const PYTHON = process.env.AUTORESEARCH_PYTHON ?? join(ROOT, 'python', '.venv', 'bin', 'python');
 
 const preparedData = new Map<Profile, Promise<string>>();
 

@@ -12,9 +12,8 @@ import {
   type TrainFacts,
   type Violation,
 } from '../src/core/rules.js';
+import { PYTHON, ROOT } from './helpers.js';
 
-const PYTHON = '/usr/bin/python3';
-const ROOT = resolve(import.meta.dirname, '..');
 const scratch = mkdtempSync(join(tmpdir(), 'ar-rules-'));
 
 /** A prepare.py with the API of docs/run-protocol.md, as the checks read it (public top-level names). */

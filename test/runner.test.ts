@@ -19,8 +19,8 @@ import {
 import { budgetOf, Lab } from '../src/core/lab.js';
 import { sandboxAvailable } from '../src/core/sandbox.js';
 import { Store } from '../src/core/store.js';
+import { PYTHON } from './helpers.js';
 
-const PYTHON = '/usr/bin/python3';
 const FIXTURES = resolve(import.meta.dirname, 'fixtures', 'runner');
 const PREPARE = readFileSync(join(FIXTURES, 'prepare.py'), 'utf8');
 

@@ -1,7 +1,7 @@
 """Tests of data preparation (python/prepare_data.py), the tokenizer (python/prepare.py) and row
 packing (python/batches.py): tokenizer, packing, preparation, manifest, bad input.
 
-Run: /usr/bin/python3 -m pytest -q python/tests
+Run: python/.venv/bin/python -m pytest -q python/tests
 Most tests use the `smoke` profile on a small synthetic corpus; one prepares the embedded corpus.
 """
 

@@ -5,7 +5,7 @@ directory prepared once with prepare_data.py, and checks the one-line JSON repor
 the hand-over folder and the log. Trainers are plain `python3 -u script` (unsandboxed) except
 where the sandbox is the point (bwrap, when it works here).
 
-Run: cd python && /usr/bin/python3 -m pytest tests/test_supervise.py -x -q
+Run: cd python && .venv/bin/python -m pytest tests/test_supervise.py -x -q
 """
 
 import hashlib
@@ -23,7 +23,7 @@ import pytest
 PYTHON_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUPERVISE_PY = os.path.join(PYTHON_DIR, "supervise.py")
 PREPARE_DATA_PY = os.path.join(PYTHON_DIR, "prepare_data.py")
-PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+PYTHON = sys.executable  # the interpreter pytest runs under: the one the server would pick (test/python-tests.sh)
 BWRAP = shutil.which("bwrap")
 
 # A trainer that speaks the channel protocol by hand (no prepare.py, no torch): fast to start.
@@ -157,8 +157,10 @@ def bwrap_works():
     return proc.returncode == 0
 
 
+# A writable temporary folder, as the server's sandbox gives (a private /tmp): torch 2.x's optimizers
+# import torch._dynamo, which needs one. /var/tmp here, since the test's files live under /tmp.
 SANDBOX = ["--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/", "/", "--dev", "/dev",
-           "--proc", "/proc", "--"]
+           "--proc", "/proc", "--tmpfs", "/var/tmp", "--"]
 needs_bwrap = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap is not available here")
 
 HONEST = '''

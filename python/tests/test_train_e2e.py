@@ -1,6 +1,6 @@
 """End-to-end tests of the baseline train.py through the real supervisor (python/supervise.py).
 
-Run: cd python && /usr/bin/python3 -m pytest tests/test_train_e2e.py -x -q
+Run: cd python && .venv/bin/python -m pytest tests/test_train_e2e.py -x -q
 - smoke profile: a clean run hands over a TorchScript model that torch.jit.load can run at
   (EVAL_BATCH, MAX_SEQ_LEN), with the weights it was handed; patched copies that diverge stop
   with a FAIL line and hand nothing over.
@@ -25,7 +25,7 @@ PREPARE_DATA_PY = os.path.join(PYTHON_DIR, "prepare_data.py")
 SUPERVISE_PY = os.path.join(PYTHON_DIR, "supervise.py")
 EVALUATE_PY = os.path.join(PYTHON_DIR, "evaluate.py")
 TRAIN_PY = os.path.join(PYTHON_DIR, "train.py")
-PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+PYTHON = sys.executable  # the interpreter pytest runs under: the one the server would pick (test/python-tests.sh)
 
 SUMMARY_KEYS = ["training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
                 "total_tokens_M", "num_steps", "num_params_M", "depth"]

@@ -14,6 +14,7 @@ import { applySearchReplace, applyUnifiedDiff, checkNoReplacementCharacter, diff
 import { harnessDir, runDir, stateDir } from './paths.js';
 import { checkTrainPy, type Violation } from './rules.js';
 import { ProcessRunner, readLogTail, type Budget, type RunProgress, type Slot } from './runner.js';
+import { recordedPythonProblem } from './python.js';
 import { sandboxProblem } from './sandbox.js';
 import { isFinishedStatus, Store, type Experiment, type NoiseMeasurement } from './store.js';
 import { BASELINE_BRANCH, SESSION_BRANCH_PREFIX, TRAIN_FILE, Workspace, validateSessionTag } from './workspace.js';
@@ -111,9 +112,7 @@ export class Lab extends EventEmitter {
       const problem =
         REQUIRED_PINS.some((name) => !(name in pins))
           ? `${dir} was created by an older autoresearch-mcp (its harness and training data are not pinned); create a new workspace with: autoresearch-mcp init DIR`
-          : options.unsandboxed
-            ? undefined
-            : await sandboxProblem();
+          : ((options.unsandboxed ? undefined : await sandboxProblem()) ?? (await recordedPythonProblem(meta.python)));
       if (problem) {
         store.close();
         throw new UserError(problem);
