@@ -107,11 +107,13 @@ describe('full research loop over stdio (cpu profile, real training)', () => {
     expect(decided.reason).toMatch(/crashed/);
   }, 300_000);
 
-  // The supervisor's allowances kill it first (docs/run-protocol.md); the wall-clock ceiling is only the backstop.
+  // The supervisor's clock kills it first (docs/run-protocol.md); the wall-clock ceiling is only the
+  // backstop. The loop starts after the first batch, so the budget's slack (not the longer start-up
+  // allowance) is what ends it.
   it('kills a run that never ends at the supervisor allowance, before the wall-clock ceiling', async () => {
     const looped = await patchAndRun(server, 'train forever', (text) => {
-      const anchor = /^SOFTCAP = .*$/m.exec(text)?.[0] as string;
-      return [{ search: anchor, replace: `${anchor}\nwhile True:\n    pass` }];
+      const anchor = /^( *)x, y = next\(train_loader\)$/m.exec(text) as RegExpExecArray;
+      return [{ search: anchor[0], replace: `${anchor[0]}\n${anchor[1]}while True:\n${anchor[1]}    pass` }];
     });
     expect(looped.status).toBe('over_budget');
     expect(looped.error).toMatch(/over budget/);

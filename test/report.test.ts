@@ -11,8 +11,8 @@ import { HARNESS_FILES, stateDir } from '../src/core/paths.js';
 import { chartYRange, loadReportData, progressChartSvg, renderReportHtml, resultsTsv, writeReport } from '../src/core/report.js';
 import { Store, type Experiment } from '../src/core/store.js';
 import { WORKSPACE_GITIGNORE, Workspace } from '../src/core/workspace.js';
+import { PYTHON, ROOT } from './helpers.js';
 
-const ROOT = resolve(import.meta.dirname, '..');
 const OUTPUT = join(ROOT, 'test-output');
 const CHROMIUM = '/usr/bin/chromium';
 
@@ -253,7 +253,7 @@ async function buildWorkspace(): Promise<{ dir: string; finished: number; kept: 
   const base = await ws.headCommit();
 
   const store = Store.open(join(stateDir(dir), 'state.db'));
-  store.setMeta('workspace', { profile: 'gpu', timeBudget: 300, dataDir, python: '/usr/bin/python3', constants: {} });
+  store.setMeta('workspace', { profile: 'gpu', timeBudget: 300, dataDir, python: PYTHON, constants: {} });
   // Pinned as init pins them: the harness copies under <state>/harness and the data files.
   const harnessDir = join(stateDir(dir), 'harness');
   await mkdir(harnessDir, { recursive: true });

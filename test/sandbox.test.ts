@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, realpath } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
@@ -340,6 +340,26 @@ print(json.dumps({"checks": checks, "data": sorted(os.listdir("/sandbox/data")),
     expect(Object.keys(seen.env).filter((k) => !['PATH', 'HOME', 'PYTHONDONTWRITEBYTECODE', 'SANDBOX_TEST', 'PWD', 'LC_CTYPE'].includes(k))).toEqual([]);
     // Own pid namespace: a handful of processes (bwrap's init and us), not the host's.
     expect(seen.procs.length).toBeLessThanOrEqual(3);
+  });
+
+  it('runs a Python whose venv lives under /tmp (a checkout there), though /tmp is private', async () => {
+    const venv = join(await mkdtemp(join(tmpdir(), 'ar-venv-')), 'venv');
+    const made = spawnSync('/usr/bin/python3', ['-m', 'venv', '--without-pip', venv], { encoding: 'utf8' });
+    expect(made.status, made.stderr).toBe(0);
+    const python = outsideSystemDirs(await probePythonLayout(join(venv, 'bin', 'python')), f.facts);
+    expect(python.prefixes.some((prefix) => prefix.startsWith('/tmp/'))).toBe(true);
+    writeFileSync(join(f.run, 'code', 'train.py'), 'import os, sys\nprint(sys.prefix, sorted(os.listdir("/tmp")) != [])\n');
+    const argv = trainerArgv(f.facts, {
+      codeDir: join(f.run, 'code'),
+      dataDir: f.data,
+      scratchBytes: 1 << 20,
+      python,
+      env: { PATH: '/usr/bin:/bin', HOME: '/sandbox/scratch' },
+      forbidden: [f.ws, f.state, f.data],
+    });
+    const result = await runToEnd(argv);
+    expect(result.stderr).toBe('');
+    expect(result.stdout.trim()).toBe(`${await realpath(venv)} True`);
   });
 
   it('cannot write anywhere but its scratch and /tmp, and the scratch is size-limited', async () => {

@@ -96,6 +96,8 @@ export function isWithin(inner: string, outer: string): boolean {
 /** The options shared by both sandboxes: namespaces, system folders, python, /proc, /dev, /tmp, GPU nodes. */
 function baseArgs(facts: HostFacts, python: PythonLayout, cudaDevices: string | undefined, tmpBytes: number, forbidden: string[]): string[] {
   const args = ['--unshare-all', '--die-with-parent', '--new-session', '--cap-drop', 'ALL', '--clearenv'];
+  // The private /tmp comes first: binds made after it (a Python whose venv lives under /tmp) stay visible.
+  args.push('--proc', '/proc', '--dev', '/dev', '--size', String(tmpBytes), '--tmpfs', '/tmp');
   const broad: string[] = [];
   for (const dir of facts.systemDirs) {
     if (dir.symlinkTo !== undefined) args.push('--symlink', dir.symlinkTo, dir.path);
@@ -118,7 +120,6 @@ function baseArgs(facts: HostFacts, python: PythonLayout, cudaDevices: string | 
     }
   }
   for (const file of facts.maskedFiles) args.push('--ro-bind', '/dev/null', file);
-  args.push('--proc', '/proc', '--dev', '/dev', '--size', String(tmpBytes), '--tmpfs', '/tmp');
   for (const node of cudaNodes(facts, cudaDevices)) args.push('--dev-bind', node, node);
   return args;
 }
