@@ -81,9 +81,8 @@ for (const e of noise.experiments) {
 await client.close();
 
 const store = Store.open(join(workspace, '.autoresearch', 'state.db'));
-const runs = ids.map((id) => {
-  const e = store.getExperiment(id);
-  if (e.status !== 'succeeded') throw new Error(`experiment ${id} ${e.status}: ${e.error}`);
+const failed = ids.map((id) => store.getExperiment(id)).filter((e) => e.status !== 'succeeded').map((e) => ({ seed: e.seed, status: e.status, error: e.error }));
+const runs = ids.map((id) => store.getExperiment(id)).filter((e) => e.status === 'succeeded').map((e) => {
   return {
     seed: e.seed,
     val_bpb: +e.valBpb.toFixed(6),
@@ -113,6 +112,7 @@ const report = {
     tokens_per_second_mean: Math.round(mean(runs.map((r) => r.tokens_per_second))),
   },
   runs,
+  failed,
 };
 const out = join(ROOT, 'bench', `results-cpu-baseline-${flags.label}-${hostname()}.json`);
 writeFileSync(out, `${JSON.stringify(report, null, 2)}\n`);

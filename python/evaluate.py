@@ -50,8 +50,13 @@ import sys
 import time
 import zipfile
 
-import numpy as np
-import torch
+# Intel MKL (inside PyTorch's CPU wheels) may round a product differently from one call to the next,
+# depending on how its buffers happen to be aligned; strict conditional numerical reproducibility
+# makes the same batch give the same logits every time, as the stateless and causality checks need.
+os.environ["MKL_CBWR"] = "AUTO,STRICT"
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 RESULT_SCHEMA = "autoresearch-eval/1"
 DEFAULT_EVAL_BATCH = 8

@@ -67,7 +67,7 @@ else:
 
 IS_CUDA = DEVICE.type == "cuda"
 COMPUTE_DTYPE = torch.bfloat16 if IS_CUDA else torch.float32
-USE_COMPILE = IS_CUDA      # on CPU, compiling costs more of the 20 s budget than it saves
+USE_COMPILE = IS_CUDA      # on 2 CPU cores compiling gives ~22 % more steps but adds ~24 s to each run (bench/cpu_compile.py)
 USE_FLEX = IS_CUDA         # FlexAttention skips the masked blocks of sliding windows; only fast compiled
 
 torch.manual_seed(SEED)
