@@ -5,6 +5,7 @@ import { join, resolve } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { sha256, sha256File } from '../src/core/hashing.js';
 import {
+  cpuThreadsPerRun,
   lastJsonObject,
   lastTrainerLine,
   parseEvaluatorResult,
@@ -23,6 +24,21 @@ import { PYTHON } from './helpers.js';
 
 const FIXTURES = resolve(import.meta.dirname, 'fixtures', 'runner');
 const PREPARE = readFileSync(join(FIXTURES, 'prepare.py'), 'utf8');
+
+describe('threads per CPU run', () => {
+  it.each([
+    [2, 1, undefined],
+    [16, 1, undefined],
+    [2, 0, undefined],
+    [2, 2, 1],
+    [2, 3, 1],
+    [16, 2, 8],
+    [16, 3, 5],
+    [8, 8, 1],
+  ])('%i cores, %i CPU slots: %s threads each', (cores, slots, threads) => {
+    expect(cpuThreadsPerRun(cores, slots)).toBe(threads);
+  });
+});
 
 describe('parsing what the run prints', () => {
   it('reads progress lines', () => {

@@ -3,7 +3,7 @@ import { randomInt } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { existsSync, readFileSync, realpathSync, unlinkSync, writeFileSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import { hostname } from 'node:os';
+import { availableParallelism, hostname } from 'node:os';
 import { join } from 'node:path';
 import { classifyChange } from './change.js';
 import { keepRule, noiseStats } from './keep-rule.js';
@@ -13,7 +13,7 @@ import { contentHash, FileHashCache, sha256 } from './hashing.js';
 import { applySearchReplace, applyUnifiedDiff, checkNoReplacementCharacter, diffStat, unifiedDiff } from './patch.js';
 import { harnessDir, runDir, stateDir } from './paths.js';
 import { checkTrainPy, type Violation } from './rules.js';
-import { ProcessRunner, readLogTail, type Budget, type RunProgress, type Slot } from './runner.js';
+import { cpuThreadsPerRun, ProcessRunner, readLogTail, type Budget, type RunProgress, type Slot } from './runner.js';
 import { recordedPythonProblem } from './python.js';
 import { sandboxProblem } from './sandbox.js';
 import { isFinishedStatus, Store, type Experiment, type NoiseMeasurement } from './store.js';
@@ -123,6 +123,8 @@ export class Lab extends EventEmitter {
       options.ceilingSeconds ??
       Math.ceil(Math.max(2 * meta.timeBudget + 60, budget.timeBudget + budget.slack + budget.startupAllowance + budget.exportAllowance + 60));
     const workspace = new Workspace(dir);
+    const slots = options.slots ?? [{ index: 0 }];
+    const cpuSlots = slots.filter((slot) => slot.cudaDevices === undefined).length;
     const runner = new ProcessRunner({
       python: meta.python,
       sandbox: options.unsandboxed ? 'none' : 'bwrap',
@@ -133,6 +135,7 @@ export class Lab extends EventEmitter {
       budget,
       ceilingSeconds,
       forbidden: [...new Set([dir, stateDir(dir), meta.dataDir].flatMap((path) => [path, realpathOr(path)]))],
+      cpuThreads: cpuThreadsPerRun(availableParallelism(), cpuSlots),
     });
     const log = options.log ?? ((message: string) => process.stderr.write(`[autoresearch] ${message}\n`));
     if (serving) {
@@ -144,7 +147,7 @@ export class Lab extends EventEmitter {
       }
     }
     if (serving && options.unsandboxed) log('running WITHOUT a sandbox (--unsandboxed): results are stored as unverified (sandboxed = 0)');
-    const lab = new Lab(workspace, store, meta, runner, options.slots ?? [{ index: 0 }], ceilingSeconds, log, serving);
+    const lab = new Lab(workspace, store, meta, runner, slots, ceilingSeconds, log, serving);
     if (serving) await lab.reconcile();
     return lab;
   }

@@ -157,6 +157,8 @@ export interface RunnerOptions {
   /** Host paths a sandbox must never expose (workspace, state folder, data folder). */
   forbidden?: string[];
   extraEnv?: Record<string, string>;
+  /** Threads for each CPU run (OMP_NUM_THREADS, MKL_NUM_THREADS) when CPU slots share the cores (cpuThreadsPerRun). */
+  cpuThreads?: number;
   /** Facts about this machine and the interpreter; probed on first use when absent (tests state them). */
   hostFacts?: HostFacts;
   pythonLayout?: PythonLayout;
@@ -181,6 +183,16 @@ const INHERITED_ENV = [
   'MALLOC_TRIM_THRESHOLD_',
   'MALLOC_MMAP_THRESHOLD_',
 ];
+
+/**
+ * Threads each CPU run may use when several CPU slots share the machine's cores: an equal share.
+ * PyTorch's OpenMP threads spin while they wait, so two runs that each take every core slow each
+ * other down tenfold (measured here: 2 runs of 2 threads on 2 cores, 1/20 of one run's speed
+ * each; with 1 thread each, 3/5). Undefined with one CPU slot: a run then takes every core.
+ */
+export function cpuThreadsPerRun(cores: number, cpuSlots: number): number | undefined {
+  return cpuSlots > 1 ? Math.max(1, Math.floor(cores / cpuSlots)) : undefined;
+}
 
 export function parseProgressLine(line: string): RunProgress | undefined {
   const match = PROGRESS_LINE.exec(line.trim());
@@ -571,6 +583,10 @@ export class ProcessRunner extends EventEmitter {
     // the steps a CPU run fits in its budget here (65-75 -> 114-125). Harmless elsewhere.
     env.MALLOC_TRIM_THRESHOLD_ ??= '4000000000';
     env.MALLOC_MMAP_THRESHOLD_ ??= '33554432';
+    if (this.options.cpuThreads !== undefined) {
+      env.OMP_NUM_THREADS ??= String(this.options.cpuThreads);
+      env.MKL_NUM_THREADS ??= String(this.options.cpuThreads);
+    }
     Object.assign(env, this.options.extraEnv, { PYTHONUNBUFFERED: '1', PYTHONDONTWRITEBYTECODE: '1' });
     return env;
   }
