@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { tryOneIdea } from '../examples/scripted-client.js';
 import { constantEdit, parsePlan, PlanError, sweepPlan, trainConstants } from '../src/agent/plan.js';
-import { CLI, makeWorkspace, queryState, ROOT } from './helpers.js';
+import { CLI, makeWorkspace, queryState, ROOT, expectSucceeded } from './helpers.js';
 
 const TRAIN = readFileSync(join(ROOT, 'python', 'train.py'), 'utf8');
 
@@ -120,8 +120,8 @@ describe('autoresearch-mcp agent (a real server process, driven over MCP)', () =
   it('the documented scripted client example runs the loop', async () => {
     const fresh = await makeWorkspace('smoke');
     const { baseline, idea, decision } = await tryOneIdea(fresh, CLI);
-    expect(baseline.status).toBe('succeeded');
-    expect(idea.status).toBe('succeeded');
+    expectSucceeded(baseline);
+    expectSucceeded(idea);
     // Before the noise floor is measured auto keeps nothing: it queues the noise runs and says so.
     expect(decision).toBe('inconclusive');
   }, 300_000);

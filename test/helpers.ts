@@ -1,3 +1,4 @@
+import { expect } from 'vitest';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import Database from 'better-sqlite3';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
@@ -124,4 +125,10 @@ export async function waitUntil(condition: () => boolean | Promise<boolean>, sec
     if (Date.now() > deadline) throw new Error(`waited ${seconds} s for ${what ?? `\`${condition.toString()}\``}, in vain`);
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
+}
+
+/** Asserts that an experiment (a get_results row or a state-database row) succeeded; when it did
+ * not, the failure names the experiment and carries the error the server recorded. */
+export function expectSucceeded(experiment: Record<string, any>): void {
+  expect(experiment.status, `experiment ${experiment.id ?? '?'} ("${experiment.description ?? ''}") ended ${experiment.status}: ${experiment.error ?? 'no error recorded'}`).toBe('succeeded');
 }

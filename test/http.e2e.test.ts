@@ -5,7 +5,7 @@ import { request } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Lab } from '../src/core/lab.js';
 import { hasBearerToken, isAllowedHostHeader, isLoopback, startHttpServer } from '../src/transports/http.js';
-import { CLI, makeWorkspace, waitFinished } from './helpers.js';
+import { CLI, makeWorkspace, waitFinished, expectSucceeded } from './helpers.js';
 
 async function httpClient(url: string, name: string, token?: string): Promise<{ client: Client; transport: StreamableHTTPClientTransport }> {
   const transport = new StreamableHTTPClientTransport(new URL(url), token ? { requestInit: { headers: { Authorization: `Bearer ${token}` } } } : undefined);
@@ -84,7 +84,7 @@ describe('Streamable HTTP transport', () => {
     const run = await alice.client.callTool({ name: 'run_experiment', arguments: { description: 'baseline from alice' } });
     const id = (run.structuredContent as any).experiment.id;
     const seen = await waitFinished(bob.client, id);
-    expect(seen.status).toBe('succeeded');
+    expectSucceeded(seen);
     const rows = lab.store.audit.list({ method: 'tools/call' });
     const byClient = new Map(rows.map((r) => [r.clientName, r.mcpSessionId]));
     expect(byClient.get('alice')).toBe(alice.transport.sessionId);
@@ -141,7 +141,7 @@ describe('Streamable HTTP transport', () => {
     expect(await waiting).toBeInstanceOf(Error);
     const erin = await httpClient(url, 'erin');
     const result = await waitFinished(erin.client, id);
-    expect(result.status).toBe('succeeded');
+    expectSucceeded(result);
     expect(result.val_bpb).toBeGreaterThan(0);
     await erin.transport.terminateSession();
   }, 120_000);

@@ -4,7 +4,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, makeWorkspace, ok, pidAlive, queryState, waitFinished, waitUntil } from './helpers.js';
+import { CLI, makeWorkspace, ok, pidAlive, queryState, waitFinished, waitUntil, expectSucceeded } from './helpers.js';
 
 /**
  * The default `serve`: a relay to the workspace's lab, a background process that owns the queue
@@ -72,7 +72,7 @@ describe('the lab outlives its clients', () => {
     const second = await attach(workspace, [], 'second-client');
     expect(second.stderr()).toMatch(new RegExp(`attached to the lab for .* \\(pid ${labPid}\\)`));
     const done = await waitFinished(second.client, run.experiment.id);
-    expect(done.status).toBe('succeeded');
+    expectSucceeded(done);
     expect(done.val_bpb).toBeGreaterThan(0);
     await ok(second.client, 'commit_or_revert', { experiment_id: run.experiment.id, action: 'auto' });
     await second.client.close();
@@ -263,7 +263,7 @@ describe('bad input around the lab: one clear line each, nothing lost', () => {
     spawnSync('sh', ['-c', `printf 'garbage' > ${join(state, 'lab.json')}; printf 'not a socket' > ${join(state, 'lab.sock')}`]);
     const again = await attach(workspace);
     expect(again.stderr()).toMatch(/started the lab/);
-    expect(row(workspace, run.experiment.id).status).toBe('succeeded');
+    expectSucceeded(row(workspace, run.experiment.id));
     expect((await ok(again.client, 'get_results', { experiment_id: run.experiment.id })).experiments[0].val_bpb).toBe(row(workspace, run.experiment.id).val_bpb);
     await again.client.close();
   }, 120_000);

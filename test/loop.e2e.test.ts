@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Workspace } from '../src/core/workspace.js';
-import { connect, fails, makeWorkspace, ok, queryState, waitFinished, type Connected } from './helpers.js';
+import { connect, fails, makeWorkspace, ok, queryState, waitFinished, type Connected, expectSucceeded } from './helpers.js';
 
 /** Replaces the value of a module constant of train.py through a search/replace edit. */
 function setConstant(text: string, name: string, value: (old: number) => string) {
@@ -43,7 +43,7 @@ describe('full research loop over stdio (cpu profile, real training)', () => {
   it('keeps the unmodified baseline as the first result, then measures the noise floor', async () => {
     const run = await ok(server.client, 'run_experiment', { description: 'baseline' });
     baseline = await waitFinished(server.client, run.experiment.id);
-    expect(baseline.status).toBe('succeeded');
+    expectSucceeded(baseline);
     const decided = await ok(server.client, 'commit_or_revert', { experiment_id: baseline.id, action: 'auto' });
     expect(decided.decision).toBe('keep');
     expect(decided.figures.rule).toBe('baseline');
@@ -58,7 +58,7 @@ describe('full research loop over stdio (cpu profile, real training)', () => {
     handicapped = await patchAndRun(server, 'handicap: learning rates / 1000', (text) =>
       ['MATRIX_LR', 'EMBED_LR', 'HEAD_LR'].map((name) => setConstant(text, name, (v) => String(v / 1000))),
     );
-    expect(handicapped.status).toBe('succeeded');
+    expectSucceeded(handicapped);
     expect(handicapped.val_bpb).toBeGreaterThan(baseline.val_bpb);
     const kept = await ok(server.client, 'commit_or_revert', { experiment_id: handicapped.id, action: 'keep' });
     expect(kept.decision).toBe('keep');
@@ -73,7 +73,7 @@ describe('full research loop over stdio (cpu profile, real training)', () => {
         return { search: line(text), replace: line(original) };
       }),
     );
-    expect(improved.status).toBe('succeeded');
+    expectSucceeded(improved);
     expect(improved.val_bpb).toBeLessThan(handicapped.val_bpb);
     const decided = await ok(server.client, 'commit_or_revert', { experiment_id: improved.id, action: 'auto' });
     expect(decided.decision).toBe('keep');
@@ -84,7 +84,7 @@ describe('full research loop over stdio (cpu profile, real training)', () => {
     const regressed = await patchAndRun(server, 'learning rates far too low', (text) =>
       ['MATRIX_LR', 'EMBED_LR', 'HEAD_LR'].map((name) => setConstant(text, name, (v) => String(v / 10000))),
     );
-    expect(regressed.status).toBe('succeeded');
+    expectSucceeded(regressed);
     expect(regressed.val_bpb).toBeGreaterThan(improved.val_bpb);
     const decided = await ok(server.client, 'commit_or_revert', { experiment_id: regressed.id, action: 'auto' });
     expect(decided.decision).toBe('discard');

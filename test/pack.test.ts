@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TOOLS } from '../src/tools/index.js';
-import { ok, PYTHON, ROOT, waitFinished } from './helpers.js';
+import { ok, PYTHON, ROOT, waitFinished, expectSucceeded } from './helpers.js';
 
 const PACKAGE = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8'));
 const npm = (args: string[], cwd: string) => execa('npm', [...args, '--no-audit', '--no-fund', '--loglevel=error'], { cwd, timeout: 240_000 });
@@ -83,7 +83,7 @@ describe('the packed tarball, installed', () => {
     expect(tools.map((t) => t.name).sort()).toEqual(TOOLS.map((t) => t.name).sort());
     const run = await ok(client, 'run_experiment', { description: 'baseline' });
     const finished = await waitFinished(client, run.experiment.id);
-    expect(finished.status).toBe('succeeded');
+    expectSucceeded(finished);
     expect(finished.val_bpb).toBeGreaterThan(0);
     await client.close();
     client = undefined;

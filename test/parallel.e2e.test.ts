@@ -2,7 +2,7 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, connect, fails, makeWorkspace, ok, queryState, waitFinished, waitUntil, type Connected } from './helpers.js';
+import { CLI, connect, fails, makeWorkspace, ok, queryState, waitFinished, waitUntil, type Connected, expectSucceeded } from './helpers.js';
 
 /** Parallel research on one node: several candidates against one head, several agents, several slots. */
 
@@ -63,7 +63,7 @@ describe('two agents over HTTP, two CPU slots, one head (smoke profile)', () => 
       edits: ['MATRIX_LR', 'EMBED_LR', 'HEAD_LR'].map((name) => constantEdit(text, name, (v) => String(v / 1000))),
     });
     expect(handicap.restored_train_py).toBe(false);
-    expect((await waitFinished(alice, handicap.experiment.id)).status).toBe('succeeded');
+    expectSucceeded((await waitFinished(alice, handicap.experiment.id)));
     head = (await ok(alice, 'commit_or_revert', { experiment_id: handicap.experiment.id, action: 'keep' })).head;
   }, 300_000);
 
@@ -141,7 +141,7 @@ describe('two agents over HTTP, two CPU slots, one head (smoke profile)', () => 
     expect(queryState(workspace, 'SELECT status FROM experiments WHERE id = ?', slow.experiment.id)[0].status).toMatch(/running|queued/);
     expect(kept.reruns).toEqual([]);
 
-    expect((await waitFinished(bob, slow.experiment.id)).status).toBe('succeeded');
+    expectSucceeded((await waitFinished(bob, slow.experiment.id)));
     const late = await ok(bob, 'commit_or_revert', { experiment_id: slow.experiment.id });
     expect(late.decision, late.reason).toBe('discard');
     expect(late.figures.rule).toBe('superseded');
@@ -187,12 +187,12 @@ describe('a crash streak pauses that agent only (one slot)', () => {
     );
 
     const other = await ok(client, 'run_experiment', { description: 'softcap 16', agent: 'dave', edits: softcap('16.0') });
-    expect((await waitFinished(client, other.experiment.id)).status).toBe('succeeded');
+    expectSucceeded((await waitFinished(client, other.experiment.id)));
     expect(queryState(workspace, 'SELECT status FROM experiments WHERE id = ?', waiting)[0].status).toBe('queued');
 
     const resumed = await ok(client, 'run_experiment', { description: 'softcap 13', agent: 'carol', edits: softcap('13.0'), acknowledge_crashes: true });
-    expect((await waitFinished(client, waiting)).status).toBe('succeeded');
-    expect((await waitFinished(client, resumed.experiment.id)).status).toBe('succeeded');
+    expectSucceeded((await waitFinished(client, waiting)));
+    expectSucceeded((await waitFinished(client, resumed.experiment.id)));
     expect((await ok(client, 'status')).pausedAgents).toEqual([]);
   }, 300_000);
 });

@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Workspace } from '../src/core/workspace.js';
-import { CLI, call, connect, fails, makeWorkspace, ok, pidAlive, queryState, waitFinished, waitUntil, type Connected } from './helpers.js';
+import { CLI, call, connect, fails, makeWorkspace, ok, pidAlive, queryState, waitFinished, waitUntil, type Connected, expectSucceeded } from './helpers.js';
 
 /** One constant of train.py changed through a search/replace edit. */
 function setConstant(text: string, name: string, value: string) {
@@ -68,7 +68,7 @@ describe('the research record (smoke profile, real runs)', () => {
     await ok(client, 'start_session', { tag: 'ab' });
     const baseline = await ok(client, 'run_experiment', { description: 'baseline' });
     baselineId = baseline.experiment.id;
-    expect((await waitFinished(client, baselineId)).status).toBe('succeeded');
+    expectSucceeded((await waitFinished(client, baselineId)));
     const first = await ok(client, 'commit_or_revert', { experiment_id: baselineId });
     expect(first.decision).toBe('keep');
     expect(first.figures.rule).toBe('baseline');
@@ -367,7 +367,7 @@ describe('crash repair and the server lock (smoke profile)', () => {
     expect(row.status).toBe('preparing');
     const again = await connect(workspace);
     const done = await waitFinished(again.client, row.id);
-    expect(done.status).toBe('succeeded');
+    expectSucceeded(done);
     expect(done.commit).toMatch(/^[0-9a-f]{40}$/);
     await again.client.close();
   }, 90_000);

@@ -8,7 +8,7 @@ import { createConnection, createServer } from 'node:net';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, makeWorkspace, ROOT } from './helpers.js';
+import { CLI, makeWorkspace, ROOT, expectSucceeded } from './helpers.js';
 
 // The README's routes from a laptop's host to a Linux GPU box, run as written against a real
 // OpenSSH server on loopback ("gpu-box" is a Host entry of an ssh config file, as the README says).
@@ -133,7 +133,7 @@ describe.skipIf(!existsSync(SSHD))('from a laptop to the GPU box over ssh (skipp
     while (UNFINISHED.includes(experiment.status)) {
       experiment = (await call(second.client, 'get_results', { experiment_id: run.experiment.id, wait_seconds: 30 })).experiments[0];
     }
-    expect(experiment.status).toBe('succeeded');
+    expectSucceeded(experiment);
     expect(experiment.val_bpb).toBeGreaterThan(0);
     await second.client.close();
   }, 300_000);

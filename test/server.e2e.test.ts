@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { call, CLI, connect, fails, makeWorkspace, ok, pidAlive, queryState, waitFinished, waitUntil, type Connected } from './helpers.js';
+import { call, CLI, connect, fails, makeWorkspace, ok, pidAlive, queryState, waitFinished, waitUntil, type Connected, expectSucceeded } from './helpers.js';
 
 // A top-level constant of python/train.py (SEED now comes from prepare).
 const TRAIN_LINE = /^SOFTCAP = .*$/m;
@@ -166,7 +166,7 @@ describe('server over stdio (smoke profile)', () => {
       { onprogress: (p) => progress.push(p.progress), timeout: 60_000 },
     );
     const experiment = (result.structuredContent as any).experiments[0];
-    expect(experiment.status).toBe('succeeded');
+    expectSucceeded(experiment);
     expect(experiment.val_bpb).toBeGreaterThan(0);
     expect(progress.length).toBeGreaterThan(0);
     expect([...progress].sort((a, b) => a - b)).toEqual(progress);
@@ -208,7 +208,7 @@ describe('server over stdio (smoke profile)', () => {
       expect(waited.text).toMatch(/call get_results|again/i);
       waited = await text('get_results', { experiment_id: id, wait_seconds: 45 });
     }
-    expect(waited.structured.experiments[0].status).toBe('succeeded');
+    expectSucceeded(waited.structured.experiments[0]);
     expect(waited.text).toContain(`val_bpb ${waited.structured.experiments[0].val_bpb.toFixed(6)}`);
     expect(waited.text).toMatch(/Undecided: commit_or_revert/);
     expect(waited.text.length).toBeLessThan(800);
@@ -247,7 +247,7 @@ describe('server over stdio (smoke profile)', () => {
     expect(text).toContain('IDEA_A = 1');
     expect(text).toContain('IDEA_B = 2');
     const done = await waitFinished(server.client, rebased.experiment.id);
-    expect(done.status).toBe('succeeded');
+    expectSucceeded(done);
     expect((await ok(server.client, 'commit_or_revert', { experiment_id: rebased.experiment.id, action: 'keep' })).decision).toBe('keep');
   }, 180_000);
 
@@ -321,7 +321,7 @@ describe('server process lifecycle', () => {
     const status = spawnSync(process.execPath, [CLI, 'status', '--workspace', workspace], { encoding: 'utf8', timeout: 30_000 });
     expect(status.status).toBe(0);
     const done = await waitFinished(server.client, run.experiment.id);
-    expect(done.status).toBe('succeeded');
+    expectSucceeded(done);
     await server.client.close();
   }, 90_000);
 
