@@ -14,6 +14,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { cpus, hostname, loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { constantEdit } from '../dist/agent/plan.js';
 import { createWorkspace } from '../dist/core/init.js';
 import { Store } from '../dist/core/store.js';
 
@@ -25,17 +26,10 @@ const { values: flags } = parseArgs({
 const RUNS = Number(flags.runs);
 
 /** One search/replace edit of train.py for `NAME=V` or `NAME.profile=V`. */
-function constantEdit(text, assignment) {
-  const m = /^([A-Z_]+)(?:\.(\w+))?=(.+)$/.exec(assignment);
+function assignmentEdit(text, assignment) {
+  const m = /^([A-Z_][A-Z0-9_]*)(?:\.(\w+))?=(.+)$/.exec(assignment);
   if (!m) throw new Error(`--set ${assignment}: write NAME=VALUE or NAME.cpu=VALUE`);
-  const [, name, profile, value] = m;
-  const line = new RegExp(`^${name}\\s*=.*$`, 'm').exec(text)?.[0];
-  if (!line) throw new Error(`train.py has no constant ${name}`);
-  const replaced = profile
-    ? line.replace(new RegExp(`("${profile}":\\s*)([^,}]+?)(\\s*[,}])`), `$1${value}$3`)
-    : line.replace(/^(\w+\s*=\s*)(.+?)(\s*#.*)?$/, `$1${value}$3`);
-  if (replaced === line) throw new Error(`--set ${assignment}: nothing to change on the line ${line}`);
-  return { search: line, replace: replaced };
+  return constantEdit(text, m[1], m[3], m[2]);
 }
 
 async function call(client, name, args = {}) {
@@ -66,7 +60,7 @@ await client.connect(transport);
 await call(client, 'start_session', { tag: `bench-${flags.label}` });
 if (flags.set.length) {
   const text = (await call(client, 'read_train_py')).text;
-  const queued = await call(client, 'run_experiment', { description: flags.set.join(', '), edits: flags.set.map((a) => constantEdit(text, a)) });
+  const queued = await call(client, 'run_experiment', { description: flags.set.join(', '), edits: flags.set.map((a) => assignmentEdit(text, a)) });
   const done = await waitFinished(client, queued.experiment.id);
   if (done.status !== 'succeeded') throw new Error(`the changed train.py ${done.status}: ${done.error}`);
   await call(client, 'commit_or_revert', { experiment_id: done.id, action: 'keep' });

@@ -4,7 +4,7 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { tryOneIdea } from '../examples/scripted-client.js';
-import { constantEdit, parsePlan, PlanError, sweepPlan, trainConstants } from '../src/agent/plan.js';
+import { constantEdit, constantNumber, parsePlan, PlanError, sweepPlan, trainConstants } from '../src/agent/plan.js';
 import { CLI, makeWorkspace, queryState, ROOT, expectSucceeded } from './helpers.js';
 
 const TRAIN = readFileSync(join(ROOT, 'python', 'train.py'), 'utf8');
@@ -25,6 +25,19 @@ describe('plans and sweeps (parsing)', () => {
     expect(edit).toEqual({ search: 'MATRIX_LR = 0.04   # Muon', replace: 'MATRIX_LR = 0.06   # Muon' });
     const aligned = constantEdit('DEPTH =     {"cpu": 4}[PROFILE]   # blocks\n', 'DEPTH', '3');
     expect(aligned.replace).toBe('DEPTH =     3   # blocks');
+  });
+
+  it("rewrites one profile's entry of a per-profile constant, and reads numbers", () => {
+    const line = 'DEPTH          = {"gpu": 8,      "cpu": 1,    "smoke": 2}[PROFILE]     # blocks';
+    expect(constantEdit(`A = 1\n${line}\n`, 'DEPTH', '3', 'cpu').replace).toBe('DEPTH          = {"gpu": 8,      "cpu": 3,    "smoke": 2}[PROFILE]     # blocks');
+    expect(constantEdit(line, 'DEPTH', '4', 'smoke').replace).toBe('DEPTH          = {"gpu": 8,      "cpu": 1,    "smoke": 4}[PROFILE]     # blocks');
+    expect(() => constantEdit(line, 'DEPTH', '3', 'tpu')).toThrow(/DEPTH has no "tpu" entry/);
+    expect(() => constantEdit('MATRIX_LR = 0.04\n', 'MATRIX_LR', '3', 'cpu')).toThrow(/has no "cpu" entry/);
+    expect(constantNumber(line, 'DEPTH', 'gpu')).toBe(8);
+    expect(constantNumber('MATRIX_LR = 0.04   # Muon\n', 'MATRIX_LR')).toBe(0.04);
+    expect(() => constantNumber(line, 'DEPTH')).toThrow(/DEPTH is not a number/);
+    expect(() => constantNumber(line, 'NOPE')).toThrow(/no module constant NOPE/);
+    for (const name of ['DEPTH', 'MODEL_DIM', 'DEVICE_BATCH', 'TOTAL_BATCH']) expect(constantNumber(TRAIN, name, 'cpu')).toBeGreaterThan(0);
   });
 
   it('parses YAML and JSON plans into Python literals', () => {

@@ -7,6 +7,7 @@ import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createWorkspace, type Profile } from '../src/core/init.js';
+import { constantEdit, constantNumber } from '../src/agent/plan.js';
 
 export const ROOT = resolve(import.meta.dirname, '..');
 export const CLI = join(ROOT, 'dist', 'cli.js');
@@ -131,4 +132,9 @@ export async function waitUntil(condition: () => boolean | Promise<boolean>, sec
  * not, the failure names the experiment and carries the error the server recorded. */
 export function expectSucceeded(experiment: Record<string, any>): void {
   expect(experiment.status, `experiment ${experiment.id ?? '?'} ("${experiment.description ?? ''}") ended ${experiment.status}: ${experiment.error ?? 'no error recorded'}`).toBe('succeeded');
+}
+
+/** The search/replace edit that gives a numeric constant of train.py a value computed from its current one. */
+export function changeConstant(text: string, name: string, value: (current: number) => string): { search: string; replace: string } {
+  return constantEdit(text, name, value(constantNumber(text, name)));
 }

@@ -1,13 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Workspace } from '../src/core/workspace.js';
-import { connect, fails, makeWorkspace, ok, queryState, waitFinished, type Connected, expectSucceeded } from './helpers.js';
-
-/** Replaces the value of a module constant of train.py through a search/replace edit. */
-function setConstant(text: string, name: string, value: (old: number) => string) {
-  const line = new RegExp(`^${name}\\s*=\\s*([^#\\n]+?)\\s*(#.*)?$`, 'm').exec(text);
-  if (!line) throw new Error(`train.py has no constant ${name}`);
-  return { search: line[0], replace: line[0].replace(line[1], value(Number(line[1]))) };
-}
+import { changeConstant, connect, fails, makeWorkspace, ok, queryState, waitFinished, type Connected, expectSucceeded } from './helpers.js';
 
 async function patchAndRun(server: Connected, description: string, edit: (text: string) => { search: string; replace: string }[]) {
   const current = await ok(server.client, 'read_train_py');
@@ -56,7 +49,7 @@ describe('full research loop over stdio (cpu profile, real training)', () => {
   // below is one that moves it far more (learning rates cut a thousandfold all but stop learning).
   it('discards a handicap by the noise rule, and keeps one by request', async () => {
     handicapped = await patchAndRun(server, 'handicap: learning rates / 1000', (text) =>
-      ['MATRIX_LR', 'EMBED_LR', 'HEAD_LR'].map((name) => setConstant(text, name, (v) => String(v / 1000))),
+      ['MATRIX_LR', 'EMBED_LR', 'HEAD_LR'].map((name) => changeConstant(text, name, (v) => String(v / 1000))),
     );
     expectSucceeded(handicapped);
     expect(handicapped.val_bpb).toBeGreaterThan(baseline.val_bpb);
@@ -82,7 +75,7 @@ describe('full research loop over stdio (cpu profile, real training)', () => {
 
   it('discards a change that raises val_bpb; train.py is already back at the head', async () => {
     const regressed = await patchAndRun(server, 'learning rates far too low', (text) =>
-      ['MATRIX_LR', 'EMBED_LR', 'HEAD_LR'].map((name) => setConstant(text, name, (v) => String(v / 10000))),
+      ['MATRIX_LR', 'EMBED_LR', 'HEAD_LR'].map((name) => changeConstant(text, name, (v) => String(v / 10000))),
     );
     expectSucceeded(regressed);
     expect(regressed.val_bpb).toBeGreaterThan(improved.val_bpb);

@@ -2,18 +2,12 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, connect, fails, makeWorkspace, ok, queryState, waitFinished, waitUntil, type Connected, expectSucceeded } from './helpers.js';
+import { changeConstant, CLI, connect, fails, makeWorkspace, ok, queryState, waitFinished, waitUntil, type Connected, expectSucceeded } from './helpers.js';
 
 /** Parallel research on one node: several candidates against one head, several agents, several slots. */
 
 const ENV = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp' };
 const SOFTCAP = /^SOFTCAP = .*$/m;
-
-function constantEdit(text: string, name: string, value: (current: number) => string) {
-  const line = new RegExp(`^${name}\\s*=\\s*([^#\\n]+?)\\s*(#.*)?$`, 'm').exec(text);
-  if (!line) throw new Error(`train.py has no constant ${name}`);
-  return { search: line[0], replace: line[0].replace(line[1], value(Number(line[1]))) };
-}
 
 async function httpClient(url: string, name: string): Promise<Client> {
   const client = new Client({ name, version: '1' });
@@ -60,7 +54,7 @@ describe('two agents over HTTP, two CPU slots, one head (smoke profile)', () => 
     const handicap = await ok(alice, 'run_experiment', {
       description: 'learning rates / 1000',
       agent: 'alice',
-      edits: ['MATRIX_LR', 'EMBED_LR', 'HEAD_LR'].map((name) => constantEdit(text, name, (v) => String(v / 1000))),
+      edits: ['MATRIX_LR', 'EMBED_LR', 'HEAD_LR'].map((name) => changeConstant(text, name, (v) => String(v / 1000))),
     });
     expect(handicap.restored_train_py).toBe(false);
     expectSucceeded((await waitFinished(alice, handicap.experiment.id)));
@@ -71,8 +65,8 @@ describe('two agents over HTTP, two CPU slots, one head (smoke profile)', () => 
     const headText = (await ok(alice, 'read_train_py', { experiment_id: queryState(workspace, "SELECT id FROM experiments WHERE description = 'learning rates / 1000'")[0].id })).text;
     const working = (await ok(bob, 'read_train_py')).hash;
     // Two real gains over the handicap (the learning rates restored), each with its own extra.
-    const restore = ['MATRIX_LR', 'EMBED_LR', 'HEAD_LR'].map((name) => constantEdit(headText, name, (v) => String(+(v * 1000).toPrecision(6))));
-    const withWarmdown = [...restore, constantEdit(headText, 'WARMDOWN_FRAC', () => '0.4')];
+    const restore = ['MATRIX_LR', 'EMBED_LR', 'HEAD_LR'].map((name) => changeConstant(headText, name, (v) => String(+(v * 1000).toPrecision(6))));
+    const withWarmdown = [...restore, changeConstant(headText, 'WARMDOWN_FRAC', () => '0.4')];
     const a = await ok(alice, 'run_experiment', { description: 'LRs back up, warm-down 0.4', agent: 'alice', edits: withWarmdown });
     expect(await fails(bob, 'run_experiment', { description: 'same idea', agent: 'bob', edits: withWarmdown })).toMatch(
       new RegExp(`already experiment ${a.experiment.id} \\("LRs back up, warm-down 0.4", (queued|running), proposed by alice\\)`),
@@ -80,7 +74,7 @@ describe('two agents over HTTP, two CPU slots, one head (smoke profile)', () => 
     const b = await ok(bob, 'run_experiment', {
       description: 'LRs back up, softcap 20',
       agent: 'bob',
-      edits: [...restore, constantEdit(headText, 'SOFTCAP', () => '20.0')],
+      edits: [...restore, changeConstant(headText, 'SOFTCAP', () => '20.0')],
     });
     ids.a = a.experiment.id;
     ids.b = b.experiment.id;
@@ -125,8 +119,8 @@ describe('two agents over HTTP, two CPU slots, one head (smoke profile)', () => 
     const handicap = queryState(workspace, "SELECT id FROM experiments WHERE description = 'learning rates / 1000'")[0].id;
     const back = await ok(alice, 'undo', { to: handicap, reason: 'start the parallel round again from the handicap' });
     const headText = (await ok(alice, 'read_train_py', { experiment_id: handicap })).text;
-    const restore = ['MATRIX_LR', 'EMBED_LR', 'HEAD_LR'].map((name) => constantEdit(headText, name, (v) => String(+(v * 1000).toPrecision(6))));
-    const fast = await ok(alice, 'run_experiment', { description: 'LRs back up, warm-down 0.45', agent: 'alice', edits: [...restore, constantEdit(headText, 'WARMDOWN_FRAC', () => '0.45')] });
+    const restore = ['MATRIX_LR', 'EMBED_LR', 'HEAD_LR'].map((name) => changeConstant(headText, name, (v) => String(+(v * 1000).toPrecision(6))));
+    const fast = await ok(alice, 'run_experiment', { description: 'LRs back up, warm-down 0.45', agent: 'alice', edits: [...restore, changeConstant(headText, 'WARMDOWN_FRAC', () => '0.45')] });
     // A slow start-up (inside the start-up allowance, before the training clock) keeps it running past the keep.
     const anchor = SOFTCAP.exec(headText)?.[0] as string;
     const slow = await ok(bob, 'run_experiment', {

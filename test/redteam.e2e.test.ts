@@ -9,8 +9,14 @@
  * state folder, the data dir, other rows of the database, no marker file anywhere, no process
  * left, nothing received by the listeners. Variants and what stops each: test/redteam/README.md.
  *
+ * Variants run two at a time, each in its own CPU slot, as two agents' candidates would: each
+ * one's checks allow only the rows, run folders and refs of the two runs, and the variants that
+ * take what a run beside them needs (processes, disk) run alone. A write into the other run's own
+ * rows or folder is still caught by the other variant's checks, or by the marker it carries.
+ *
  * Runs when the harness has the run protocol (prepare.py defines finish_training); REDTEAM=0
- * skips it, REDTEAM_ONLY=05,11,27 runs a subset, REDTEAM_CEILING sets the wall-clock ceiling
+ * skips it, REDTEAM_ONLY=05,11,27 runs a subset, REDTEAM_SLOTS=1 runs one variant at a time,
+ * REDTEAM_CEILING sets the wall-clock ceiling
  * (default 30 s: a smoke run takes 5-10 s), REDTEAM_AUDIT_EVENTS=0 accepts the audited tool results instead of an audit
  * event per refused run, REDTEAM_LOGS=DIR writes each variant's error and run log there.
  */
@@ -28,6 +34,7 @@ const ENABLED = process.env.REDTEAM !== '0' && PROTOCOL_READY;
 const ONLY = process.env.REDTEAM_ONLY?.split(',').map((s) => s.trim().padStart(2, '0'));
 const SELECTED = VARIANTS.filter((v) => !ONLY || ONLY.includes(v.id));
 const CEILING = Number(process.env.REDTEAM_CEILING ?? 30);
+const SLOTS = Number(process.env.REDTEAM_SLOTS ?? 2);
 const AUDIT_EVENTS = process.env.REDTEAM_AUDIT_EVENTS !== '0';
 /** REDTEAM_LOGS=DIR: each variant's outcome, error and run log go to DIR/<id>-<slug>.log, to read what stopped it. */
 const LOGS = process.env.REDTEAM_LOGS;
@@ -44,7 +51,46 @@ interface Observed {
   log: string;
   valBpb: number | null;
   trainingSeconds: number | null;
+  /** The audit rows of its own tool calls: seq in (auditFrom, auditTo]; its run's events come later. */
+  auditFrom: number;
+  auditTo: number;
 }
+
+/** A variant written and queued; `observed` is set at once when it never became a run. */
+interface Launched {
+  v: Variant;
+  auditFrom: number;
+  auditTo: number;
+  experimentId?: number;
+  observed?: Observed;
+}
+
+/**
+ * The order the variants run in: groups of up to `slots` that run side by side. Solo variants
+ * run alone; slow ones (stopped only at an allowance or the ceiling) are grouped together so that
+ * their waits overlap.
+ */
+function runGroups(variants: Variant[], slots: number): Variant[][] {
+  const groups: Variant[][] = [];
+  const open = new Map<string, Variant[]>();
+  for (const v of variants) {
+    if (v.solo || slots <= 1) {
+      groups.push([v]);
+      continue;
+    }
+    const lane = v.slow ? 'slow' : 'normal';
+    const group = open.get(lane) ?? [];
+    if (group.length === 0) {
+      groups.push(group);
+      open.set(lane, group);
+    }
+    group.push(v);
+    if (group.length === slots) open.delete(lane);
+  }
+  return groups;
+}
+// The delayed variants first: their children have long acted by the last check, which waits for them.
+const GROUPS = runGroups([...SELECTED.filter((v) => v.delayed), ...SELECTED.filter((v) => !v.delayed)], SLOTS);
 
 const describeRedTeam = ENABLED ? describe.sequential : describe.skip;
 
@@ -106,8 +152,8 @@ describeRedTeam('red team: hostile train.py variants through the MCP tools (smok
     return queryState<{ seq: number | null }>(workspace, 'SELECT max(seq) AS seq FROM audit_log')[0].seq ?? 0;
   }
 
-  /** Writes the variant with apply_patch, runs it, reads what the tools report, then discards it. */
-  async function runVariant(v: Variant): Promise<Observed & { auditFrom: number }> {
+  /** Writes the variant with apply_patch and queues it; train.py is back to the honest one after. */
+  async function launch(v: Variant): Promise<Launched> {
     const auditFrom = auditMaxSeq();
     const current = await ok(server.client, 'read_train_py');
     expect(current.text, 'train.py was not restored after the previous variant').toBe(honest);
@@ -115,10 +161,11 @@ describeRedTeam('red team: hostile train.py variants through the MCP tools (smok
     if (missing.length) throw new Error(`train.py lacks the anchors ${missing.join(', ')}: update test/redteam/variants.ts`);
     const text = applyVariant(honest, v, ctxFor(v), RT_PRELUDE);
     const patched = await call(server.client, 'apply_patch', { edits: [{ search: current.text, replace: text }], expected_hash: current.hash });
-    if (patched.isError) {
-      const message = patched.content.map((c) => c.text).join('\n');
-      return { auditFrom, outcome: 'patch_refused', error: message, log: '', valBpb: null, trainingSeconds: null };
-    }
+    const never = (outcome: Outcome, error: string, experimentId?: number): Launched => {
+      const auditTo = auditMaxSeq();
+      return { v, auditFrom, auditTo, experimentId, observed: { outcome, experimentId, error, log: '', valBpb: null, trainingSeconds: null, auditFrom, auditTo } };
+    };
+    if (patched.isError) return never('patch_refused', patched.content.map((c) => c.text).join('\n'));
     // Most variants are meant to fail, and three failures in a row from one agent pause its queue
     // (the crash-streak rule): each variant is proposed by an agent of its own.
     const started = await call(server.client, 'run_experiment', { description: `redteam ${v.id} ${v.slug}`, agent: `redteam-${v.id}` });
@@ -129,15 +176,22 @@ describeRedTeam('red team: hostile train.py variants through the MCP tools (smok
       if (!Number.isInteger(id)) throw new Error(`run_experiment failed without an experiment: ${message}`);
       await ok(server.client, 'commit_or_revert', { experiment_id: id, action: 'discard' });
       await restoreTrainPy();
-      return { auditFrom, outcome: 'rejected', experimentId: id, error: message, log: '', valBpb: null, trainingSeconds: null };
+      return never('rejected', message, id);
     }
-    const id: number = started.structuredContent.experiment.id;
+    await restoreTrainPy();
+    return { v, auditFrom, auditTo: auditMaxSeq(), experimentId: started.structuredContent.experiment.id };
+  }
+
+  /** Waits for a launched variant's run, reads what the tools report, then discards it. */
+  async function finish(launched: Launched): Promise<Observed> {
+    if (launched.observed) return launched.observed;
+    const id = launched.experimentId as number;
     const experiment = await waitDone(id);
     const log = await ok(server.client, 'get_run_log', { experiment_id: id, lines: 400 });
     await ok(server.client, 'commit_or_revert', { experiment_id: id, action: 'discard' });
-    await restoreTrainPy();
     return {
-      auditFrom,
+      auditFrom: launched.auditFrom,
+      auditTo: launched.auditTo,
       outcome: experiment.status,
       experimentId: id,
       error: experiment.error ?? '',
@@ -147,11 +201,30 @@ describeRedTeam('red team: hostile train.py variants through the MCP tools (smok
     };
   }
 
+  /** One group, side by side: the snapshot before it and what each variant's run came to. */
+  const groupRuns = new Map<Variant[], Promise<{ before: Snapshot; seen: Map<string, Observed> }>>();
+  function runGroup(group: Variant[]) {
+    let pending = groupRuns.get(group);
+    if (!pending) {
+      pending = (async () => {
+        const before = takeSnapshot(workspace, dataDir);
+        const launched: Launched[] = [];
+        for (const v of group) launched.push(await launch(v));
+        const seen = new Map<string, Observed>();
+        for (const l of launched) seen.set(l.v.id, await finish(l));
+        if (group.some((v) => v.delayed)) lastDelayedAt = Date.now();
+        return { before, seen };
+      })();
+      groupRuns.set(group, pending);
+    }
+    return pending;
+  }
+
   beforeAll(async () => {
     workspace = await makeWorkspace('smoke');
     stateDir = join(workspace, '.autoresearch');
     listeners = await startListeners(`rt-${NONCE}`);
-    server = await connect(workspace, ['--ceiling-seconds', String(CEILING)], 'redteam-e2e');
+    server = await connect(workspace, ['--ceiling-seconds', String(CEILING), '--slots', String(SLOTS)], 'redteam-e2e');
     await ok(server.client, 'start_session', { tag: `redteam-${NONCE}` });
     const status = await ok(server.client, 'status');
     dataDir = status.dataDir;
@@ -184,14 +257,14 @@ describeRedTeam('red team: hostile train.py variants through the MCP tools (smok
     summary.push(`baseline: val_bpb ${experiment.val_bpb.toFixed(4)}, training ${experiment.training_seconds.toFixed(2)} s`);
   }, (CEILING + 240) * 1000);
 
-  for (const v of SELECTED) {
+  for (const group of GROUPS) for (const v of group) {
     const title = `${v.id} ${v.slug} [${v.class}${v.careless ? ', careless' : ''}]: ${v.stoppedBy.split(/[;:,(]/)[0]}`;
     it(title, async () => {
       expect(baseline, 'the baseline must have succeeded first').toBeDefined();
       const marker = markerFor(NONCE, v);
-      const before = takeSnapshot(workspace, dataDir);
-      const seen = await runVariant(v);
-      if (v.delayed) lastDelayedAt = Date.now();
+      const { before, seen: all } = await runGroup(group);
+      const seen = all.get(v.id) as Observed;
+      const groupIds = [...all.values()].flatMap((o) => (o.experimentId === undefined ? [] : [o.experimentId]));
       const context = `outcome ${seen.outcome}, error: ${seen.error}\n--- log tail ---\n${seen.log.split('\n').slice(-40).join('\n')}`;
       if (LOGS) writeFileSync(join(LOGS, `${v.id}-${v.slug}.log`), `outcome ${seen.outcome}, val_bpb ${seen.valBpb}\nerror: ${seen.error}\n--- log ---\n${seen.log}`);
       summary.push(`${v.id} ${v.slug}: ${seen.outcome}${seen.valBpb !== null ? ` val_bpb ${seen.valBpb.toFixed(4)}` : ''}${seen.error ? ` | ${seen.error.replace(/\s+/g, ' ').slice(0, 220)}` : ''}`);
@@ -212,15 +285,17 @@ describeRedTeam('red team: hostile train.py variants through the MCP tools (smok
       }
 
       // 2. The reason in the audit log.
-      const rows = queryState<{ kind: string; tool: string | null; is_error: number; message: string | null; result: string | null; experiment_id: number | null }>(
+      const rows = queryState<{ seq: number; kind: string; tool: string | null; is_error: number; message: string | null; result: string | null; experiment_id: number | null }>(
         workspace,
-        'SELECT kind, tool, is_error, message, result, experiment_id FROM audit_log WHERE seq > ? ORDER BY seq',
+        'SELECT seq, kind, tool, is_error, message, result, experiment_id FROM audit_log WHERE seq > ? ORDER BY seq',
         seen.auditFrom,
       );
+      // Its own tool calls: the other variant of the group was written and queued after it.
+      const calls = rows.filter((r) => r.seq <= seen.auditTo);
       if (seen.outcome === 'patch_refused') {
-        expect(rows.some((r) => r.tool === 'apply_patch' && r.is_error === 1 && (r.result ?? '').length > 0), 'the refused apply_patch is audited').toBe(true);
-      } else if (seen.outcome === 'rejected' && rows.some((r) => r.tool === 'run_experiment' && r.is_error === 1)) {
-        expect(rows.find((r) => r.tool === 'run_experiment' && r.is_error === 1)?.result ?? '').toMatch(/rejected/);
+        expect(calls.some((r) => r.tool === 'apply_patch' && r.is_error === 1 && (r.result ?? '').length > 0), 'the refused apply_patch is audited').toBe(true);
+      } else if (seen.outcome === 'rejected' && calls.some((r) => r.tool === 'run_experiment' && r.is_error === 1)) {
+        expect(calls.find((r) => r.tool === 'run_experiment' && r.is_error === 1)?.result ?? '').toMatch(/rejected/);
       } else if (seen.outcome !== 'succeeded') {
         const events = rows.filter((r) => r.kind === 'event' && r.experiment_id === seen.experimentId);
         if (AUDIT_EVENTS) {
@@ -236,8 +311,8 @@ describeRedTeam('red team: hostile train.py variants through the MCP tools (smok
 
       // 3. Nothing else in the workspace changed; nothing left behind.
       const after = takeSnapshot(workspace, dataDir);
-      expect(snapshotProblems(workspace, before, after, seen.experimentId), context).toEqual([]);
-      expect(findMarkers([marker], markerRoots(seen.experimentId ? [seen.experimentId] : [])), 'marker files outside the scratch').toEqual([]);
+      expect(snapshotProblems(workspace, before, after, groupIds), context).toEqual([]);
+      expect(findMarkers([marker], markerRoots(seen.experimentId === undefined ? [] : [seen.experimentId])), 'marker files outside the scratch').toEqual([]);
       expect(findMarkedProcesses([marker]), 'processes of the run outlived it').toEqual([]);
       expect(listeners.events, 'the network listeners were reached').toEqual([]);
     }, (CEILING + 240) * 1000);

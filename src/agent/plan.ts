@@ -74,10 +74,24 @@ export function pythonLiteral(value: string | number | boolean): string {
 }
 
 /** The search/replace edit that sets one constant (the value given as Python source). */
-export function constantEdit(source: string, name: string, pythonValue: string): { search: string; replace: string } {
+export function constantEdit(source: string, name: string, pythonValue: string, profile?: string): { search: string; replace: string } {
   const constant = trainConstants(source).get(name);
   if (!constant) throw new PlanError(`train.py has no module constant ${name}.`);
-  return { search: constant.line, replace: constant.withValue(pythonValue) };
+  if (profile === undefined) return { search: constant.line, replace: constant.withValue(pythonValue) };
+  // A per-profile constant ({"gpu": 8, "cpu": 1, "smoke": 2}[PROFILE]): only that profile's entry.
+  const entry = new RegExp(`("${profile}"\\s*:\\s*)([^,}]+?)(\\s*[,}])`);
+  if (!entry.test(constant.value)) throw new PlanError(`${name} has no "${profile}" entry: ${constant.line.trim()}`);
+  return { search: constant.line, replace: constant.withValue(constant.value.replace(entry, `$1${pythonValue}$3`)) };
+}
+
+/** The value of a numeric constant (or of its entry for one profile) as a number. */
+export function constantNumber(source: string, name: string, profile?: string): number {
+  const constant = trainConstants(source).get(name);
+  if (!constant) throw new PlanError(`train.py has no module constant ${name}.`);
+  const text = profile === undefined ? constant.value : new RegExp(`"${profile}"\\s*:\\s*([^,}]+)`).exec(constant.value)?.[1];
+  const value = Number(text?.trim());
+  if (text === undefined || !Number.isFinite(value)) throw new PlanError(`${name}${profile ? ` (${profile})` : ''} is not a number: ${constant.line.trim()}`);
+  return value;
 }
 
 /**

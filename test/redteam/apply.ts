@@ -84,6 +84,8 @@ export interface Variant {
   slow?: boolean;
   /** Leaves a process or a timer that acts later; the suite re-checks at the end. */
   delayed?: boolean;
+  /** Takes what a run beside it would need (processes, disk): runs alone, never beside another variant. */
+  solo?: boolean;
 }
 
 /** Values a variant may use; every one reaches train.py as an expression built at run time. */

@@ -112,13 +112,14 @@ function diffMaps(what: string, before: Map<string, string>, after: Map<string, 
 }
 
 /**
- * What changed between two snapshots that a run with this experiment id (undefined: none was
- * created) may not change: its own rows, its run folder and its candidate/discarded refs are allowed.
+ * What changed between two snapshots that the runs of these experiments (the variants that ran
+ * side by side; none: no run was created) may not change: their own rows, run folders and
+ * candidate/discarded refs are allowed.
  */
-export function snapshotProblems(workspace: string, before: Snapshot, after: Snapshot, experimentId?: number): string[] {
-  const own = experimentId === undefined ? null : String(experimentId);
-  const ownRef = (ref: string) => own !== null && new RegExp(`^refs/autoresearch/(experiments|discarded)/${own}$`).test(ref);
-  const ownRun = (rel: string) => own !== null && (rel === `runs/${own}` || rel.startsWith(`runs/${own}/`));
+export function snapshotProblems(workspace: string, before: Snapshot, after: Snapshot, experimentIds: number[] = []): string[] {
+  const own = new Set(experimentIds.map(String));
+  const ownRef = (ref: string) => own.has(/^refs\/autoresearch\/(?:experiments|discarded)\/(\d+)$/.exec(ref)?.[1] ?? '');
+  const ownRun = (rel: string) => own.has(/^runs\/(\d+)(?:\/|$)/.exec(rel)?.[1] ?? '');
   const problems = [
     ...diffMaps('git ref', before.refs, after.refs, ownRef),
     ...diffMaps('.git file', before.gitFiles, after.gitFiles),
@@ -143,7 +144,7 @@ export function snapshotProblems(workspace: string, before: Snapshot, after: Sna
     for (const row of rows) {
       if (now.has(row)) continue;
       const parsed = JSON.parse(row) as Record<string, unknown>;
-      const mine = own !== null && ((table === 'experiments' && String(parsed.id) === own) || String(parsed.experiment_id) === own);
+      const mine = (table === 'experiments' && own.has(String(parsed.id))) || own.has(String(parsed.experiment_id));
       if (!mine) problems.push(`state.db: a row of ${table} changed or vanished: ${row.slice(0, 200)}`);
     }
   }

@@ -973,6 +973,7 @@ export const VARIANTS: Variant[] = [
   {
     id: '37',
     slug: 'escape-fork-bomb-bounded',
+    solo: true,
     class: 'escape',
     careless: false,
     attempts: '64 forked children, each named by the marker, sleeping 30 s (bounded so that a missing sandbox does not take the host down)',
@@ -999,6 +1000,7 @@ export const VARIANTS: Variant[] = [
   {
     id: '38',
     slug: 'escape-fill-scratch',
+    solo: true,
     class: 'escape',
     careless: false,
     attempts: 'fills its scratch (cwd) and then /tmp with zeros, 64 MB at a time, until ENOSPC or 256 MB past the size the file system claims; a scratch that claims more than 8 GB is already unbounded',
