@@ -841,7 +841,13 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--seed", required=True, type=int)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--wait", action="store_true",
+                   help="start, then evaluate only once the line 'go' arrives on stdin (the server starts "
+                        "the evaluator beside the trainer, so that interpreter and torch start-up are not "
+                        "between the hand-over and the result); stdin closing first ends it without a result")
     args = p.parse_args(argv)
+    if args.wait and sys.stdin.readline().strip() != "go":
+        return EXIT_HARNESS
     out = _result_stream()
     try:
         result = evaluate(args.model, args.weights, args.data_dir, args.seed, args.device)

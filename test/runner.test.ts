@@ -304,6 +304,18 @@ for (const mode of ['bwrap', 'none'] as const) {
       expect(outcome.logTail).toContain('RuntimeError: shape mismatch in attention');
     });
 
+    it('starts the evaluator beside the trainer and kills it unused when the trainer fails', async () => {
+      const { outcome, log } = await runTrain(s, makeRunner(s, mode), trainPy(s, {}, { beforeHandover: 'raise RuntimeError("no model today")' }));
+      expect(outcome.status).toBe('crashed');
+      const waiting = /evaluator waiting pid=(\d+)/.exec(log);
+      expect(waiting, 'the evaluator was started with the trainer').not.toBeNull();
+      expect(log, 'the evaluator was never told to go').not.toMatch(/evaluator seed=/);
+      if (mode === 'none') expect(isAlive(Number(waiting?.[1]))).toBe(false);
+      const ok = await runTrain(s, makeRunner(s, mode), trainPy(s, { val_bpb: 1.5 }));
+      expect(ok.outcome.status).toBe('succeeded');
+      expect(ok.log.indexOf('evaluator waiting')).toBeLessThan(ok.log.indexOf('evaluator seed='));
+    });
+
     it('passes on the evaluator\'s refusal as the reason, and a crash of the evaluator with its log', async () => {
       const refused = await runTrain(s, makeRunner(s, mode), trainPy(s, { kind: 'refuse' }));
       expect(refused.outcome.status).toBe('crashed');

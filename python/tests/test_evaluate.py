@@ -623,6 +623,27 @@ def test_cli_writes_the_result_to_fd3(tmp_path, data_dir):
     assert missing.returncode == 2 and json.loads(missing.stdout)["reason"] == "harness"
 
 
+def test_cli_wait_scores_only_after_go(tmp_path, data_dir):
+    """--wait (the server starts the evaluator beside the trainer): nothing is read or written
+    before the line "go"; stdin closing first ends it with status 2 and no result."""
+    mp, wp = _export(Honest(), tmp_path)
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    here = os.path.dirname(os.path.abspath(E.__file__))
+    (shim / "batches.py").write_text("from prepare import eval_rows, _token_dtype as token_dtype\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, str(shim)]))
+    later = tmp_path / "later.pt"   # the model does not exist yet while the evaluator waits
+    args = [sys.executable, os.path.join(here, "evaluate.py"), "--model", str(later), "--weights", wp,
+            "--data-dir", data_dir, "--seed", "9", "--wait"]
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    os.replace(mp, later)
+    out, err = proc.communicate(b"go\n", timeout=120)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["ok"]
+    abandoned = subprocess.run(args, input=b"", capture_output=True, env=env, timeout=120)
+    assert abandoned.returncode == 2 and abandoned.stdout == b""
+
+
 class Looped(nn.Module):
     """Scripted, with a loop and a branch: control flow does not hide writes, nor invent them."""
 

@@ -292,9 +292,27 @@ export function readLogTail(path: string, bytes = LOG_TAIL_BYTES): string {
 }
 
 interface ActiveRun {
-  child?: ChildProcess;
+  /** The run's live processes (the supervisor, and the evaluator waiting beside it). */
+  children: Set<ChildProcess>;
   stopReason?: 'timed_out' | 'cancelled';
   progress?: RunProgress;
+}
+
+interface PhaseOptions {
+  cwd: string;
+  env: Record<string, string>;
+  resultFd: 1 | 3;
+  /** A pipe on stdin, for go(). */
+  stdin?: boolean;
+  onStart?: (pid: number) => void;
+}
+
+/** A phase's process, started: `exit` settles when it has ended (its process group killed). */
+interface StartedPhase {
+  child: ChildProcess;
+  exit: Promise<Exit>;
+  go: () => void;
+  stop: () => void;
 }
 
 interface Exit {
@@ -371,7 +389,7 @@ export class ProcessRunner extends EventEmitter {
     const folder = runFolder(request.runDir);
     const sandboxed = this.sandboxed;
     const base = { summary: {}, exitCode: null as number | null, signal: null as string | null, startedAt, logTail: '', sandboxed, seed };
-    const active: ActiveRun = {};
+    const active: ActiveRun = { children: new Set() };
     this.active.set(request.experimentId, active);
     try {
       // ---- pins: every harness and data file, and the candidate's prepare.py ----
@@ -398,7 +416,7 @@ export class ProcessRunner extends EventEmitter {
       const stopTail = this.followProgress(request.experimentId, folder.log, active);
       const ceiling = setTimeout(() => this.stop(request.experimentId, 'timed_out'), this.options.ceilingSeconds * 1000);
       try {
-        return await this.phases(request, folder, active, seed, facts, python, onStart, base);
+        return await this.phases(request, folder, active, facts, python, onStart, base);
       } finally {
         clearTimeout(ceiling);
         stopTail();
@@ -413,11 +431,36 @@ export class ProcessRunner extends EventEmitter {
     request: RunRequest,
     folder: RunFolder,
     active: ActiveRun,
-    seed: number,
     facts: HostFacts,
     python: PythonLayout,
     onStart: (pid: number) => void,
     base: Omit<RunOutcome, 'status' | 'finishedAt'>,
+  ): Promise<RunOutcome> {
+    // ---- phase 2's process starts first: evaluate.py waits beside the trainer for "go", so that
+    // its interpreter and torch import are not between the hand-over and the result ----
+    const evalSeed = randomInt(1, 2 ** 31 - 1);
+    const evaluation = this.evaluatorCommand(folder, request.slot, evalSeed, facts, python);
+    const evaluator = this.startPhase(active, evaluation.command, [...evaluation.args, '--wait'], folder, {
+      cwd: folder.root,
+      env: this.sandboxed ? {} : evaluation.env,
+      resultFd: 3,
+      stdin: true,
+    });
+    try {
+      return await this.supervisedThenEvaluated(folder, active, onStart, base, evaluator);
+    } finally {
+      // Never told to go (the trainer failed, the run was stopped): it ends without a result.
+      evaluator.stop();
+      await evaluator.exit;
+    }
+  }
+
+  private async supervisedThenEvaluated(
+    folder: RunFolder,
+    active: ActiveRun,
+    onStart: (pid: number) => void,
+    base: Omit<RunOutcome, 'status' | 'finishedAt'>,
+    evaluator: StartedPhase,
   ): Promise<RunOutcome> {
     // ---- phase 1: supervise.py runs the trainer and measures the budget ----
     const supervisorArgs = [join(this.options.harnessDir, 'supervise.py'), '--spec', folder.spec];
@@ -484,13 +527,8 @@ export class ProcessRunner extends EventEmitter {
     }
 
     // ---- phase 2: evaluate.py scores the exported model in its own sandbox ----
-    const evalSeed = randomInt(1, 2 ** 31 - 1);
-    const evaluation = this.evaluatorCommand(folder, request.slot, evalSeed, facts, python);
-    const evaluated = await this.spawnPhase(active, evaluation.command, evaluation.args, folder, {
-      cwd: folder.root,
-      env: this.sandboxed ? {} : evaluation.env,
-      resultFd: 3,
-    });
+    evaluator.go();
+    const evaluated = await evaluator.exit;
     if (active.stopReason) return this.stopped(active, finish({ ...measured, status: 'cancelled' }));
     const parsed = parseEvaluatorResult(evaluated.output);
     if ('error' in parsed || evaluated.exitCode !== 0) {
@@ -549,7 +587,7 @@ export class ProcessRunner extends EventEmitter {
     const active = this.active.get(experimentId);
     if (!active) return false;
     active.stopReason ??= reason;
-    killGroup(active.child?.pid, 'SIGKILL');
+    for (const child of active.children) killGroup(child.pid, 'SIGKILL');
     return true;
   }
 
@@ -691,18 +729,18 @@ export class ProcessRunner extends EventEmitter {
     return { command: this.options.python, args, env };
   }
 
+  /** Spawns one phase and waits for it (startPhase). */
+  private spawnPhase(active: ActiveRun, command: string, args: string[], folder: RunFolder, how: PhaseOptions): Promise<Exit> {
+    return this.startPhase(active, command, args, folder, how).exit;
+  }
+
   /**
-   * Spawns one phase as its own process group (and, where util-linux setpriv exists, with a
+   * Starts one phase as its own process group (and, where util-linux setpriv exists, with a
    * parent-death signal, so it dies with a server killed -9); stdout and stderr go to the run
-   * log except the result fd, which is collected.
+   * log except the result fd, which is collected. With `stdin`, go() writes the line "go" and
+   * closes it (evaluate.py --wait).
    */
-  private spawnPhase(
-    active: ActiveRun,
-    command: string,
-    args: string[],
-    folder: RunFolder,
-    how: { cwd: string; env: Record<string, string>; resultFd: 1 | 3; onStart?: (pid: number) => void },
-  ): Promise<Exit> {
+  private startPhase(active: ActiveRun, command: string, args: string[], folder: RunFolder, how: PhaseOptions): StartedPhase {
     const prefix = command === this.options.python ? pdeathsigPrefix() : [];
     const argv = [...prefix, command, ...args];
     const logFd = openSync(folder.log, 'a');
@@ -712,14 +750,18 @@ export class ProcessRunner extends EventEmitter {
         cwd: how.cwd,
         detached: true,
         env: how.env,
-        stdio: how.resultFd === 1 ? ['ignore', 'pipe', logFd] : ['ignore', logFd, logFd, 'pipe'],
+        stdio: [how.stdin ? 'pipe' : 'ignore', ...(how.resultFd === 1 ? (['pipe', logFd] as const) : ([logFd, logFd, 'pipe'] as const))],
       });
     } finally {
       closeSync(logFd);
     }
-    active.child = child;
+    active.children.add(child);
+    if (active.stopReason) killGroup(child.pid, 'SIGKILL');   // stopped while it was being spawned
+    // A phase that already ended cannot take its "go": the pipe's error is its exit's business.
+    child.stdin?.on('error', () => undefined);
     if (child.pid !== undefined) how.onStart?.(child.pid);
-    return new Promise((resolvePromise) => {
+    let ended = false;
+    const exit = new Promise<Exit>((resolvePromise) => {
       let output = '';
       let spawnError: string | undefined;
       const stream = (how.resultFd === 1 ? child.stdout : child.stdio[3]) as NodeJS.ReadableStream | null;
@@ -727,12 +769,12 @@ export class ProcessRunner extends EventEmitter {
       stream?.on('data', (chunk: string) => {
         if (output.length < 1 << 20) output += chunk;
       });
-      let settled = false;
-      const settle = (exit: Exit) => {
-        if (settled) return;
-        settled = true;
+      const settle = (result: Exit) => {
+        if (ended) return;
+        ended = true;
         killGroup(child.pid, 'SIGKILL');
-        resolvePromise(exit);
+        active.children.delete(child);
+        resolvePromise(result);
       };
       child.on('error', (error) => {
         spawnError = `could not be started (${error.message})`;
@@ -741,6 +783,15 @@ export class ProcessRunner extends EventEmitter {
       });
       child.on('close', (code, signal) => settle({ exitCode: code, signal, output, spawnError }));
     });
+    return {
+      child,
+      exit,
+      go: () => child.stdin?.end('go\n'),
+      // Only while it runs: once reaped, its pid (and group id) may belong to someone else.
+      stop: () => {
+        if (!ended) killGroup(child.pid, 'SIGKILL');
+      },
+    };
   }
 
   /** Polls the log for progress lines; returns a function that stops polling. */
