@@ -67,6 +67,17 @@ export async function connect(workspace: string, serverArgs: string[] = [], name
   return { client, transport, stderr: () => stderr };
 }
 
+/**
+ * Closes a connected server and waits until its process is gone: the SDK's close gives up after
+ * SIGKILL without waiting, and a server still shutting down holds the workspace's lock, so the
+ * next server started on a loaded machine would be refused.
+ */
+export async function closeServer(server: Connected): Promise<void> {
+  const pid = server.transport.pid;
+  await server.client.close();
+  if (pid !== null && pid !== undefined) await waitUntil(() => !pidAlive(pid), 30, `the closed server (pid ${pid}) to exit`);
+}
+
 export type ToolResult = { isError?: boolean; structuredContent?: any; content: { type: string; text?: string }[] };
 
 export async function call(client: Client, name: string, args: Record<string, unknown> = {}): Promise<ToolResult> {

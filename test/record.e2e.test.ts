@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Workspace } from '../src/core/workspace.js';
-import { CLI, call, connect, fails, makeWorkspace, ok, pidAlive, queryState, waitFinished, waitUntil, type Connected, expectSucceeded } from './helpers.js';
+import { CLI, call, closeServer, connect, fails, makeWorkspace, ok, pidAlive, queryState, waitFinished, waitUntil, type Connected, expectSucceeded } from './helpers.js';
 
 /** One constant of train.py changed through a search/replace edit. */
 function setConstant(text: string, name: string, value: string) {
@@ -264,7 +264,7 @@ describe('crash repair and the server lock (smoke profile)', () => {
     await waitUntil(() => !pidAlive(firstPid), 20, 'the killed server to be gone');
     const third = await connect(workspace);
     expect((await ok(third.client, 'status')).workspace).toBe(workspace);
-    await third.client.close();
+    await closeServer(third);
   }, 60_000);
 
   it('two servers started at the same instant: exactly one serves', async () => {
@@ -284,7 +284,7 @@ describe('crash repair and the server lock (smoke profile)', () => {
     writeFileSync(join(workspace, '.autoresearch', 'server.pid'), String(process.pid));
     const server = await connect(workspace);
     expect((await ok(server.client, 'status')).workspace).toBe(workspace);
-    await server.client.close();
+    await closeServer(server);
   }, 30_000);
 
   it('killed after the branch moved but before the decision was written: the next start completes the keep', async () => {
@@ -292,7 +292,7 @@ describe('crash repair and the server lock (smoke profile)', () => {
     await ok(server.client, 'start_session', { tag: 'crash' });
     const run = await ok(server.client, 'run_experiment', { description: 'baseline' });
     await waitFinished(server.client, run.experiment.id);
-    await server.client.close();
+    await closeServer(server);
 
     const doomed = spawnServer(workspace, { AUTORESEARCH_CRASH_AT: 'after_branch_move' });
     await doomed.connected;
@@ -307,7 +307,7 @@ describe('crash repair and the server lock (smoke profile)', () => {
     expect(status.head).toBe(run.experiment.commit);
     expect(queryState(workspace, 'SELECT decision FROM experiments WHERE id = ?', run.experiment.id)[0].decision).toBe('keep');
     expect(queryState(workspace, 'SELECT state FROM branch_moves')).toEqual([{ state: 'done' }]);
-    await again.client.close();
+    await closeServer(again);
   }, 120_000);
 
   it('killed before the branch moved: the keep is abandoned and the experiment can be decided again', async () => {
@@ -317,7 +317,7 @@ describe('crash repair and the server lock (smoke profile)', () => {
     const run = await ok(server.client, 'run_experiment', { description: 'NS 4' });
     await waitFinished(server.client, run.experiment.id);
     const head = (await ok(server.client, 'status')).head;
-    await server.client.close();
+    await closeServer(server);
 
     const doomed = spawnServer(workspace, { AUTORESEARCH_CRASH_AT: 'before_branch_move' });
     await doomed.connected;
@@ -327,7 +327,7 @@ describe('crash repair and the server lock (smoke profile)', () => {
     expect((await ok(again.client, 'status')).head).toBe(head);
     expect(queryState(workspace, 'SELECT state FROM branch_moves ORDER BY id DESC LIMIT 1')[0].state).toBe('abandoned');
     expect((await ok(again.client, 'commit_or_revert', { experiment_id: run.experiment.id, action: 'discard' })).decision).toBe('discard');
-    await again.client.close();
+    await closeServer(again);
   }, 120_000);
 
   it('killed in the middle of an undo: the next start completes it from where the ref is', async () => {
@@ -343,7 +343,7 @@ describe('crash repair and the server lock (smoke profile)', () => {
     expect(queryState(workspace, 'SELECT undone_by FROM experiments WHERE id = ?', kept.id)[0].undone_by).not.toBeNull();
     const events = queryState(workspace, "SELECT message FROM audit_log WHERE kind = 'event' AND method = 'reconcile'");
     expect(events.some((e) => /record was completed/.test(e.message))).toBe(true);
-    await again.client.close();
+    await closeServer(again);
   }, 60_000);
 
   it('killed inside run_experiment before the commit exists: no row waits forever', async () => {
@@ -356,7 +356,7 @@ describe('crash repair and the server lock (smoke profile)', () => {
     const result = await ok(again.client, 'get_results', { experiment_id: row.id });
     expect(result.experiments[0].status).toBe('cancelled');
     expect(result.experiments[0].error).toMatch(/before its candidate commit existed/);
-    await again.client.close();
+    await closeServer(again);
   }, 60_000);
 
   it('killed after the commit but before it was queued: the next start queues and runs it', async () => {
@@ -369,7 +369,7 @@ describe('crash repair and the server lock (smoke profile)', () => {
     const done = await waitFinished(again.client, row.id);
     expectSucceeded(done);
     expect(done.commit).toMatch(/^[0-9a-f]{40}$/);
-    await again.client.close();
+    await closeServer(again);
   }, 90_000);
 });
 

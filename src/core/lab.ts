@@ -1732,9 +1732,17 @@ function crashPoint(name: string): void {
  */
 const heldLocks = new Map<string, Database.Database>();
 
+/**
+ * How long a starting server waits on lock.db. Two servers starting at the same instant each hold
+ * a brief shared lock while they open it; without a wait each could see the other's and both would
+ * give up (seen on a loaded 2-core machine). A server that holds the lock holds it for its whole
+ * life, so the second one is still refused, this much later.
+ */
+const LOCK_WAIT_MS = 2000;
+
 function acquireServerLock(workspace: string): void {
   const dir = stateDir(workspace);
-  const db = new Database(join(dir, 'lock.db'), { timeout: 0 });
+  const db = new Database(join(dir, 'lock.db'), { timeout: LOCK_WAIT_MS });
   try {
     db.pragma('journal_mode = DELETE');
     db.exec('BEGIN EXCLUSIVE');
