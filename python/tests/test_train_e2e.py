@@ -194,8 +194,9 @@ def test_smoke_profile_runs_clean(smoke_data, tmp_path):
           f"export {report['export_seconds']:.2f} s")
 
 
+# The NaN comes at the first step: on a loaded machine the 3 s smoke budget has held only 2 steps.
 @pytest.mark.parametrize("name, replacements", [
-    ("injected nan", [("loss = train_model(x, y)", "loss = train_model(x, y) * (float('nan') if step == 3 else 1.0)")]),
+    ("injected nan", [("loss = train_model(x, y)", "loss = train_model(x, y) * (float('nan') if step == 0 else 1.0)")]),
     ("huge learning rate", [("EMBED_LR = 0.6 ", "EMBED_LR = 1e4 "), ("HEAD_LR = 0.016 ", "HEAD_LR = 1e4 "),
                             ("SCALAR_LR = 0.04 ", "SCALAR_LR = 1e4 ")]),
 ])
