@@ -591,15 +591,20 @@ def test_probe_plan_covers_the_whole_range_and_every_third(data_dir):
 # CLI
 # ---------------------------------------------------------------------------------------------
 
-def test_cli_writes_the_result_to_fd3(tmp_path, data_dir):
-    mp, wp = _export(Honest(), tmp_path)
+def _cli(tmp_path):
+    """evaluate.py's path and an environment where it imports batches as in its sandbox."""
     shim = tmp_path / "shim"
     shim.mkdir()
     here = os.path.dirname(os.path.abspath(E.__file__))
     (shim / "batches.py").write_text("from prepare import eval_rows, _token_dtype as token_dtype\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, str(shim)]))
+    return os.path.join(here, "evaluate.py"), dict(os.environ, PYTHONPATH=os.pathsep.join([here, str(shim)]))
+
+
+def test_cli_writes_the_result_to_fd3(tmp_path, data_dir):
+    mp, wp = _export(Honest(), tmp_path)
+    evaluate_py, env = _cli(tmp_path)
     r, w = os.pipe()
-    args = [sys.executable, os.path.join(here, "evaluate.py"), "--model", mp, "--weights", wp,
+    args = [sys.executable, evaluate_py, "--model", mp, "--weights", wp,
             "--data-dir", data_dir, "--seed", "9"]
     proc = subprocess.Popen(["bash", "-c", f'exec "$@" 3>&{w}', "bash", *args], pass_fds=(w,),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -613,11 +618,11 @@ def test_cli_writes_the_result_to_fd3(tmp_path, data_dir):
     assert out == b""                       # stdout carries nothing when fd 3 is open
     assert b"val_bpb" in err
     # without fd 3 the result goes to stdout; a refused model exits 1
-    bad = subprocess.run([sys.executable, os.path.join(here, "evaluate.py"), "--model", wp, "--weights", wp,
+    bad = subprocess.run([sys.executable, evaluate_py, "--model", wp, "--weights", wp,
                           "--data-dir", data_dir, "--seed", "9"], capture_output=True, env=env, timeout=120)
     assert bad.returncode == 1
     assert json.loads(bad.stdout)["reason"] == "load"
-    missing = subprocess.run([sys.executable, os.path.join(here, "evaluate.py"), "--model", mp, "--weights", wp,
+    missing = subprocess.run([sys.executable, evaluate_py, "--model", mp, "--weights", wp,
                               "--data-dir", str(tmp_path / "nope"), "--seed", "9"], capture_output=True, env=env,
                              timeout=120)
     assert missing.returncode == 2 and json.loads(missing.stdout)["reason"] == "harness"
@@ -627,13 +632,9 @@ def test_cli_wait_scores_only_after_go(tmp_path, data_dir):
     """--wait (the server starts the evaluator beside the trainer): nothing is read or written
     before the line "go"; stdin closing first ends it with status 2 and no result."""
     mp, wp = _export(Honest(), tmp_path)
-    shim = tmp_path / "shim"
-    shim.mkdir()
-    here = os.path.dirname(os.path.abspath(E.__file__))
-    (shim / "batches.py").write_text("from prepare import eval_rows, _token_dtype as token_dtype\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, str(shim)]))
+    evaluate_py, env = _cli(tmp_path)
     later = tmp_path / "later.pt"   # the model does not exist yet while the evaluator waits
-    args = [sys.executable, os.path.join(here, "evaluate.py"), "--model", str(later), "--weights", wp,
+    args = [sys.executable, evaluate_py, "--model", str(later), "--weights", wp,
             "--data-dir", data_dir, "--seed", "9", "--wait"]
     proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     os.replace(mp, later)
