@@ -78,17 +78,21 @@ export function constantEdit(source: string, name: string, pythonValue: string, 
   const constant = trainConstants(source).get(name);
   if (!constant) throw new PlanError(`train.py has no module constant ${name}.`);
   if (profile === undefined) return { search: constant.line, replace: constant.withValue(pythonValue) };
-  // A per-profile constant ({"gpu": 8, "cpu": 1, "smoke": 2}[PROFILE]): only that profile's entry.
-  const entry = new RegExp(`("${profile}"\\s*:\\s*)([^,}]+?)(\\s*[,}])`);
+  const entry = profileEntry(profile);
   if (!entry.test(constant.value)) throw new PlanError(`${name} has no "${profile}" entry: ${constant.line.trim()}`);
   return { search: constant.line, replace: constant.withValue(constant.value.replace(entry, `$1${pythonValue}$3`)) };
+}
+
+/** One profile's entry of a per-profile constant ({"gpu": 8, "cpu": 1, "smoke": 2}[PROFILE]): key, value, what follows. */
+function profileEntry(profile: string): RegExp {
+  return new RegExp(`("${profile}"\\s*:\\s*)([^,}]+?)(\\s*[,}])`);
 }
 
 /** The value of a numeric constant (or of its entry for one profile) as a number. */
 export function constantNumber(source: string, name: string, profile?: string): number {
   const constant = trainConstants(source).get(name);
   if (!constant) throw new PlanError(`train.py has no module constant ${name}.`);
-  const text = profile === undefined ? constant.value : new RegExp(`"${profile}"\\s*:\\s*([^,}]+)`).exec(constant.value)?.[1];
+  const text = profile === undefined ? constant.value : profileEntry(profile).exec(constant.value)?.[2];
   const value = Number(text?.trim());
   if (text === undefined || !Number.isFinite(value)) throw new PlanError(`${name}${profile ? ` (${profile})` : ''} is not a number: ${constant.line.trim()}`);
   return value;
