@@ -1,14 +1,49 @@
 #!/usr/bin/env bash
-# The whole suite, as `npm test` and CI run it: vitest, then the Python tests, then a summary of
-# failures and the slowest files (test/summary.mjs) as the last lines, whatever failed.
+# The whole suite, as `npm test` and CI run it, then a summary of failures and the slowest files
+# (test/summary.mjs) as the last lines, whatever failed.
+#
+# Two lanes side by side, each running its files one at a time. The training lane: the files that
+# train many runs (and pack.test.ts, which rebuilds dist/ through `npm pack`: nothing else may run
+# while it writes there). The second lane: the files that need no training run or only a few,
+# most of their time spent waiting on processes (the lab daemon, HTTP, ssh, the clients), then
+# the Python tests. Every test is built to pass on a loaded machine (no test depends on an idle
+# one), so a lane slows the other a little and the suite ends minutes sooner. The second lane's
+# output is printed once the training lane ends.
+#
+#   npm test                  both lanes, then the summary
+#   npm test -- FILTER...     only the vitest files matching the filters (one lane), then Python
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=test-output
-rm -f "$out/vitest.json" "$out/pytest.xml"
 mkdir -p "$out"
-npx vitest run --reporter=default --reporter=json --outputFile.json="$out/vitest.json" "$@"
-vitest=$?
-bash test/python-tests.sh --junitxml="$out/pytest.xml"
-pytest=$?
+rm -f "$out"/vitest*.json "$out/pytest.xml" "$out/rest.log" "$out"/*.status
+
+vitest() { npx vitest run --reporter=default --reporter=json --outputFile.json="$out/$1" "${@:2}"; }
+
+if [ "$#" -gt 0 ]; then
+  vitest vitest.json "$@"
+  training=$?
+  rest=0
+  bash test/python-tests.sh --junitxml="$out/pytest.xml"
+  pytest=$?
+else
+  training_files=(test/record.e2e.test.ts test/redteam.e2e.test.ts test/loop.e2e.test.ts
+    test/parallel.e2e.test.ts test/agent.e2e.test.ts test/server.e2e.test.ts test/pack.test.ts)
+  excluded=()
+  for f in "${training_files[@]}"; do excluded+=(--exclude "$f"); done
+  ( vitest vitest-rest.json "${excluded[@]}"
+    echo $? > "$out/rest.status"
+    bash test/python-tests.sh --junitxml="$out/pytest.xml"
+    echo $? > "$out/pytest.status" ) > "$out/rest.log" 2>&1 &
+  lane=$!
+  vitest vitest-training.json "${training_files[@]}"
+  training=$?
+  wait "$lane"
+  echo
+  echo "=== the second lane: the other vitest files, then the Python tests ==="
+  cat "$out/rest.log"
+  rest=$(cat "$out/rest.status" 2>/dev/null || echo 1)
+  pytest=$(cat "$out/pytest.status" 2>/dev/null || echo 1)
+fi
 node test/summary.mjs "$out"
-[ "$vitest" -eq 0 ] && [ "$pytest" -eq 0 ]
+[ "$training" -eq 0 ] && [ "$rest" -eq 0 ] && [ "$pytest" -eq 0 ]

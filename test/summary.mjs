@@ -1,12 +1,12 @@
 #!/usr/bin/env node
 /**
  * The last lines of a test run: each failing test with its first error line, then the ten slowest
- * test files. Reads vitest's JSON report and pytest's JUnit XML from test-output/ (written by
+ * test files. Reads vitest's JSON reports and pytest's JUnit XML from test-output/ (written by
  * test/run-suite.sh), so that the cause of a red CI run is visible from the tail of its log.
  *
  *   node test/summary.mjs [DIR]    # DIR defaults to test-output
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 
 const ROOT = resolve(import.meta.dirname, '..');
@@ -23,9 +23,9 @@ const failures = [];
 const files = [];
 const missing = [];
 
-const vitestPath = join(dir, 'vitest.json');
-if (existsSync(vitestPath)) {
-  const report = JSON.parse(readFileSync(vitestPath, 'utf8'));
+// One vitest report per lane (test/run-suite.sh), or one when the run was filtered.
+const vitestReports = existsSync(dir) ? readdirSync(dir).filter((f) => /^vitest.*\.json$/.test(f)).sort() : [];
+for (const report of vitestReports.map((f) => JSON.parse(readFileSync(join(dir, f), 'utf8')))) {
   for (const file of report.testResults ?? []) {
     const name = relative(ROOT, file.name);
     const seconds = file.endTime && file.startTime ? (file.endTime - file.startTime) / 1000 : 0;
@@ -35,7 +35,8 @@ if (existsSync(vitestPath)) {
     // A file that failed outside any test (an import error, a hook) has no failed assertion.
     if (file.status === 'failed' && failed.length === 0) failures.push({ name, error: firstLine(file.message) });
   }
-} else missing.push('vitest.json (vitest did not finish)');
+}
+if (vitestReports.length === 0) missing.push('vitest*.json (vitest did not finish)');
 
 const pytestPath = join(dir, 'pytest.xml');
 if (existsSync(pytestPath)) {
