@@ -3,10 +3,10 @@ import { execa } from 'execa';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { basename, dirname, join } from 'node:path';
+import { basename, dirname, join, relative } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { explainNativeModuleError } from '../src/core/native.js';
-import { CLI, connect, makeWorkspace, ok, PYTHON, waitFinished } from './helpers.js';
+import { CLI, connect, makeWorkspace, ok, PYTHON, queryState, waitFinished } from './helpers.js';
 
 const cli = (...args: string[]) => execa(process.execPath, [CLI, ...args], { reject: false, timeout: 120_000 });
 /** The CLI with only these variables set (plus PATH and HOME), as an MCP host's "env" block would give it. */
@@ -143,6 +143,17 @@ describe('command line', () => {
     expect(fromEnv.stderr).toMatch(/There is no Python at \/nonexistent\/python/);
     const noTorch = await cli('doctor', '--python', '/bin/true');
     expect(noTorch.stderr).toMatch(/\/bin\/true is there but cannot import torch and numpy/);
+  });
+
+  it('takes a --python path relative to the folder it was started in, and records it absolute', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ar-cli-rel-'));
+    const relativePython = relative(dir, PYTHON);
+    const fresh = join(dir, 'lab');
+    const init = await execa(process.execPath, [CLI, 'init', 'lab', '--profile', 'smoke', '--python', relativePython], { cwd: dir, reject: false, timeout: 120_000 });
+    expect(init.exitCode, init.stderr).toBe(0);
+    expect(init.stdout + init.stderr).toContain(`python ${PYTHON}`);
+    const [meta] = queryState<{ value: string }>(fresh, "SELECT value FROM meta WHERE key = 'workspace'");
+    expect(JSON.parse(meta.value).python).toBe(PYTHON);
   });
 
   it('refuses a GPU that does not exist before any lab starts', async () => {

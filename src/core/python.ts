@@ -1,6 +1,6 @@
 import { execa } from 'execa';
 import { accessSync, constants, existsSync, statSync } from 'node:fs';
-import { delimiter, isAbsolute, join } from 'node:path';
+import { delimiter, isAbsolute, join, resolve } from 'node:path';
 import { expandHome, PACKAGE_ROOT } from './paths.js';
 
 export interface PythonInfo {
@@ -57,7 +57,8 @@ export async function probePython(path: string): Promise<PythonInfo | undefined>
   try {
     const { stdout } = await execa(path, ['-c', PROBE], { timeout: 60_000, stdin: 'ignore' });
     const info = JSON.parse(stdout.trim().split('\n').pop() ?? '{}');
-    return { path, torchVersion: info.torch, cuda: Boolean(info.cuda), gpuCount: Number(info.gpus ?? 0) };
+    // A relative path is resolved now: the runs start it from other folders (a bare name stays a PATH lookup).
+    return { path: path.includes('/') ? resolve(path) : path, torchVersion: info.torch, cuda: Boolean(info.cuda), gpuCount: Number(info.gpus ?? 0) };
   } catch {
     return undefined;
   }
