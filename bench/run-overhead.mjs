@@ -3,7 +3,10 @@
 // server's bookkeeping. Runs the unmodified train.py on the cpu profile through the real server
 // (stdio, in-process), sandboxed and --unsandboxed, and reads the supervisor's and evaluator's
 // measured times from the stored rows.
-// Usage: npm run build && node bench/run-overhead.mjs [runs]   (writes bench/results-run-overhead-<host>.json)
+// Each run is queued once the previous one has ended, after THINK seconds (an agent reading the
+// result and choosing the next change; 0 = back to back).
+// Usage: npm run build && node bench/run-overhead.mjs [runs] [think-seconds]
+//        (writes bench/results-run-overhead-<host>.json, -think<S>- in the name when THINK > 0)
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import { mkdtempSync, writeFileSync } from 'node:fs';
@@ -15,6 +18,7 @@ import { Store } from '../dist/core/store.js';
 const ROOT = resolve(import.meta.dirname, '..');
 const PYTHON = process.env.AUTORESEARCH_PYTHON ?? new URL('../python/.venv/bin/python', import.meta.url).pathname;
 const RUNS = Number(process.argv[2] ?? 2);
+const THINK = Number(process.argv[3] ?? 0);
 
 async function connect(workspace, extra) {
   const transport = new StdioClientTransport({
@@ -54,6 +58,7 @@ for (const mode of ['sandboxed', 'unsandboxed']) {
   const client = await connect(workspace, mode === 'unsandboxed' ? ['--unsandboxed'] : []);
   await call(client, 'start_session', { tag: `bench-${mode}` });
   for (let i = 0; i < RUNS; i++) {
+    if (THINK > 0) await new Promise((resolve) => setTimeout(resolve, THINK * 1000));
     process.stderr.write(`${mode} run ${i + 1}/${RUNS}...\n`);
     ids[mode].push(await runBaseline(client, `unmodified train.py (${mode} ${i + 1})`));
   }
@@ -88,12 +93,13 @@ const report = {
   load_average_at_end: loadavg().map((v) => +v.toFixed(2)),
   date: new Date().toISOString(),
   profile: 'cpu',
+  think_seconds: THINK,
   target_overhead_seconds: 3,
   median_overhead_seconds: Object.fromEntries(Object.entries(rows).map(([mode, list]) => [mode, median(list.map((r) => r.overhead_seconds))])),
   runs: rows,
-  note: 'overhead = total (run_experiment start to stored result) - training (first batch to hand-over, measured by the supervisor). startup: supervisor spawn to the first batch (sandbox, interpreter, model build). export: hand-over to the received TorchScript file. eval: the evaluator in its own process. rest: run folder, pin hashing, process starts and bookkeeping.',
+  note: 'overhead = total (run_experiment start to stored result) - training (first batch to hand-over, measured by the supervisor). startup: supervisor spawn to the first batch (sandbox, interpreter, model build); for a pre-started trainer (sandboxed runs after the first of a slot), from its go to the first batch, its interpreter and torch import having happened before the run. export: hand-over to the received TorchScript file. eval: the evaluator in its own process. rest: run folder, pin hashing, process starts and bookkeeping.',
 };
-const out = join(ROOT, 'bench', `results-run-overhead-${hostname()}.json`);
+const out = join(ROOT, 'bench', `results-run-overhead-${THINK > 0 ? `think${THINK}-` : ''}${hostname()}.json`);
 writeFileSync(out, `${JSON.stringify(report, null, 2)}\n`);
 process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
 process.stderr.write(`written: ${out}\n`);

@@ -15,6 +15,12 @@ the last byte of the `handover` payload (<= time_budget + budget_slack); export 
 last byte of the `model` payload (<= export_allowance). A trainer that stops talking is still
 killed on time: the loop never blocks longer than POLL_S.
 
+Pre-started (`--standby`): the trainer (prestart.py, which imports torch and waits) is started
+before the run is known; the supervisor then waits for one line `go PATH` on its stdin, reads the
+run's spec from PATH (its trainer_argv must be the one already started), sends the trainer `go`
+with the run's seed, and supervises as usual, with startup measured from that moment. Stdin
+closing first, or the trainer ending while it waits, ends the standby without a report (exit 3).
+
 Killing: SIGKILL to the trainer's process group. Sandboxed, that is bwrap's group, and bwrap's
 --die-with-parent and --unshare-pid end everything inside. Unsandboxed, a process that left the
 group (setsid, a double fork) survives: only the sandbox's pid namespace stops it.
@@ -53,6 +59,7 @@ POLL_S = 0.05                  # longest wait between checks of the deadlines an
 PROC_POLL_S = 1.0              # how often the trainer's process tree is sampled for CPU time
 EOF_GRACE_S = 2.0              # channel closed: time for the trainer to exit before it is killed
 REAP_TIMEOUT_S = 30.0          # after SIGKILL (a process in the GPU driver may take a moment)
+EXIT_NO_RUN = 3                # --standby ended without a run (stdin closed, or the trainer died waiting)
 
 BATCH_RE = re.compile(rb"batch ([1-9][0-9]{0,9}) ([1-9][0-9]{0,9})")
 PAYLOAD_RE = re.compile(rb"(handover|model) ([0-9]{1,13})")
@@ -162,6 +169,7 @@ class CpuMeter:
         self.seen = {}          # (pid, starttime) -> (ppid, cpu)
         self.alive = set()
         self.last = 0.0
+        self.before = 0.0
 
     def sample(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -181,13 +189,18 @@ class CpuMeter:
             todo.extend(children.get(pid, ()))
         self.alive = alive
 
+    def mark(self) -> None:
+        """From now on: what the trainer used before (a pre-started interpreter's imports) is not counted."""
+        self.sample(force=True)
+        self.before = self.total()
+
     def total(self) -> float:
         r = resource.getrusage(resource.RUSAGE_CHILDREN)
         own = r.ru_utime + r.ru_stime - self.base
         # processes still alive at the last sample were not waited for by the trainer; dead ones
         # whose parent was the trainer are already in its rusage
         extra = sum(cpu for key, (ppid, cpu) in self.seen.items() if key in self.alive or ppid != self.root)
-        return round(own + extra, 3)
+        return round(own + extra - self.before, 3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,6 +226,90 @@ def _check_archive(path: str, what: str, needs_code: bool) -> None:
         raise Stop("error", f"the {what} payload is not a torch archive (no data.pkl)")
     if needs_code and not any("/code/" in n for n in names):
         raise Stop("error", f"the {what} payload is not a TorchScript archive (no code/)")
+
+
+def start_trainer(spec: dict):
+    """Starts the trainer in a new session with the channel on its fd 3; returns (process, our end
+    of the channel, its CPU meter)."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    child_fd = child.fileno()
+    env = dict(spec["trainer_env"])
+    env["AUTORESEARCH_CHANNEL_FD"] = "3"
+    env.setdefault("AUTORESEARCH_SEED", str(spec["seed"]))
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        prctl = None
+
+    def in_child():
+        # Runs in the child after setsid, with stdout/stderr already on the log: the channel
+        # goes to fd 3, and inheritable descriptors we got from our own parent are not passed
+        # on (the others are close-on-exec, including subprocess's own error pipe).
+        if prctl is not None:
+            prctl(1, signal.SIGKILL)     # PR_SET_PDEATHSIG: die with the supervisor
+        os.dup2(child_fd, 3)
+        os.set_inheritable(3, True)
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            try:
+                if fd > 3 and os.get_inheritable(fd):
+                    os.close(fd)
+            except OSError:
+                pass
+
+    with open(spec["log_path"], "ab") as logf:
+        cpu = CpuMeter()
+        proc = subprocess.Popen(spec["trainer_argv"], env=env, stdin=subprocess.DEVNULL,
+                                stdout=logf, stderr=logf, close_fds=False,
+                                cwd=spec["scratch_host"] or None,
+                                start_new_session=True, preexec_fn=in_child)
+    child.close()
+    cpu.root = proc.pid
+    parent.setblocking(False)
+    log(f"trainer started (pid {proc.pid}): {' '.join(spec['trainer_argv'])}")
+    return proc, parent, cpu
+
+
+class Standby:
+    """A trainer started before its run is known (prestart.py in its trainer_argv): it waits on
+    the channel for `go`, and this waits on stdin for the run's spec."""
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.proc, self.sock, self.cpu = start_trainer(spec)
+
+    def wait_for_go(self, stdin_fd: int = 0):
+        """The spec path from the line `go PATH`, or None when stdin closes or the trainer ends first."""
+        line = bytearray()
+        while True:
+            readable, _, _ = select.select([stdin_fd], [], [], POLL_S * 10)
+            if self.proc.poll() is not None:
+                log(f"the pre-started trainer ended while waiting (exit {self.proc.returncode}); the log says why")
+                return None
+            if not readable:
+                continue
+            chunk = os.read(stdin_fd, 4096)
+            if not chunk:
+                return None
+            line += chunk
+            if b"\n" in line or len(line) > 4 * MAX_LINE:
+                break
+        word, _, path = bytes(line).split(b"\n", 1)[0].partition(b" ")
+        if word != b"go" or not path:
+            log(f"expected `go SPEC` on stdin, got {bytes(line[:80])!r}")
+            return None
+        return os.fsdecode(path)
+
+    def end(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.wait(timeout=REAP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 class Supervisor:
@@ -421,45 +518,18 @@ class Supervisor:
 
     # -- the trainer -----------------------------------------------------------------------
     def spawn(self) -> None:
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        child_fd = child.fileno()
-        env = dict(self.spec["trainer_env"])
-        env["AUTORESEARCH_CHANNEL_FD"] = "3"
-        env.setdefault("AUTORESEARCH_SEED", str(self.spec["seed"]))
+        self.proc, self.sock, self.cpu = start_trainer(self.spec)
+        self.t_spawn = time.monotonic()
 
-        try:
-            prctl = ctypes.CDLL(None, use_errno=True).prctl
-        except (OSError, AttributeError):
-            prctl = None
-
-        def in_child():
-            # Runs in the child after setsid, with stdout/stderr already on the log: the channel
-            # goes to fd 3, and inheritable descriptors we got from our own parent are not passed
-            # on (the others are close-on-exec, including subprocess's own error pipe).
-            if prctl is not None:
-                prctl(1, signal.SIGKILL)     # PR_SET_PDEATHSIG: die with the supervisor
-            os.dup2(child_fd, 3)
-            os.set_inheritable(3, True)
-            for name in os.listdir("/proc/self/fd"):
-                fd = int(name)
-                try:
-                    if fd > 3 and os.get_inheritable(fd):
-                        os.close(fd)
-                except OSError:
-                    pass
-
-        with open(self.spec["log_path"], "ab") as logf:
-            self.cpu = CpuMeter()
-            self.t_spawn = time.monotonic()
-            self.proc = subprocess.Popen(self.spec["trainer_argv"], env=env, stdin=subprocess.DEVNULL,
-                                         stdout=logf, stderr=logf, close_fds=False,
-                                         cwd=self.spec["scratch_host"] or None,
-                                         start_new_session=True, preexec_fn=in_child)
-        child.close()
-        self.cpu.root = self.proc.pid
-        self.sock = parent
-        self.sock.setblocking(False)
-        log(f"trainer started (pid {self.proc.pid}): {' '.join(self.spec['trainer_argv'])}")
+    def adopt(self, standby: "Standby") -> None:
+        """Takes over a pre-started trainer and tells it to go: the startup clock starts now."""
+        if standby.spec["trainer_argv"] != self.spec["trainer_argv"]:
+            raise SpecError("spec: trainer_argv differs from the pre-started trainer's")
+        self.proc, self.sock, self.cpu = standby.proc, standby.sock, standby.cpu
+        self.cpu.mark()
+        self.t_spawn = time.monotonic()
+        self.send(b"go " + json.dumps({"AUTORESEARCH_SEED": str(self.spec["seed"])}).encode() + b"\n")
+        log(f"pre-started trainer (pid {self.proc.pid}) told to go")
 
     def exited(self) -> bool:
         """Whether the trainer has ended, without reaping it (so its group can still be killed)."""
@@ -532,7 +602,8 @@ class Supervisor:
         return status, None
 
     def run(self) -> dict:
-        self.spawn()
+        if self.proc is None:
+            self.spawn()
         try:
             self.loop()
             stop = Stop("error", "the supervisor's loop ended")
@@ -582,12 +653,26 @@ class Supervisor:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="supervise.py", description="Supervise one training run.")
-    parser.add_argument("--spec", required=True, help="the run's spec.json")
+    parser.add_argument("--spec", required=True, help="the run's spec.json (with --standby: the standby's)")
+    parser.add_argument("--standby", action="store_true",
+                        help="start the trainer now and wait for `go SPEC` on stdin before supervising")
     args = parser.parse_args(argv)
+    standby = None
     try:
         spec = load_spec(args.spec)
+        if args.standby:
+            standby = Standby(spec)
+            path = standby.wait_for_go()
+            if path is None:
+                standby.end()
+                return EXIT_NO_RUN
+            spec = load_spec(path)
         sup = Supervisor(spec)
-    except (SpecError, OSError, ValueError, KeyError, TypeError) as e:
+        if standby is not None:
+            sup.adopt(standby)
+    except (SpecError, Stop, OSError, ValueError, KeyError, TypeError) as e:
+        if standby is not None:
+            standby.end()
         log(f"error: {e}")
         print(json.dumps({"outcome": "error", "reason": f"supervisor set-up failed: {e}"}), flush=True)
         return 2

@@ -1,9 +1,9 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { call, CLI, connect, fails, makeWorkspace, ok, pidAlive, queryState, waitFinished, waitUntil, type Connected, expectSucceeded } from './helpers.js';
+import { call, CLI, closeServer, connect, fails, makeWorkspace, ok, pidAlive, queryState, waitFinished, waitUntil, type Connected, expectSucceeded } from './helpers.js';
 
 // A top-level constant of python/train.py (SEED now comes from prepare).
 const TRAIN_LINE = /^SOFTCAP = .*$/m;
@@ -281,7 +281,7 @@ describe('server over stdio (smoke profile)', () => {
     const status = await ok(server.client, 'status');
     expect(status.harnessIntact).toBe(true);
     expect(Object.keys(status.pinnedHashes).sort()).toEqual([
-      'harness/batches.py', 'harness/evaluate.py', 'harness/prepare.py', 'harness/supervise.py',
+      'harness/batches.py', 'harness/evaluate.py', 'harness/prepare.py', 'harness/prestart.py', 'harness/supervise.py',
       'manifest.json', 'prepare.py', 'token_bytes.bin', 'tokenizer.json', 'train.bin', 'val.bin',
     ]);
     expect(status.profile).toBe('smoke');
@@ -311,6 +311,32 @@ describe('server process lifecycle', () => {
     expect(lines).toHaveLength(4);
     for (const line of lines) expect(JSON.parse(line).jsonrpc).toBe('2.0');
   }, 60_000);
+
+  it('keeps a pre-started trainer per slot: a run claims it, the next one waits, and a stopped server leaves none', async () => {
+    const standbyDir = join(workspace, '.autoresearch', 'standby');
+    const waiting = () => (existsSync(standbyDir) ? readdirSync(standbyDir) : []);
+    // Whatever runs with the standby folder in its command line: the supervisor and the trainer's sandbox.
+    const standbyProcesses = () =>
+      readdirSync('/proc').filter((pid) => /^\d+$/.test(pid) && pidAlive(Number(pid)) && (() => {
+        try {
+          return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(standbyDir);
+        } catch {
+          return false;
+        }
+      })());
+    const server = await connect(workspace);
+    await waitUntil(() => waiting().length === 1, 60, 'a pre-started trainer when the server starts');
+    const first = waiting()[0];
+    const run = await ok(server.client, 'run_experiment', { description: 'on a pre-started trainer' });
+    expectSucceeded(await waitFinished(server.client, run.experiment.id));
+    const log = await ok(server.client, 'get_run_log', { experiment_id: run.experiment.id, lines: 400 });
+    expect(log.log).toMatch(/pre-started trainer \(pid \d+\) told to go/);
+    await waitUntil(() => waiting().length === 1 && waiting()[0] !== first, 60, 'the next pre-started trainer');
+    expect(standbyProcesses().length).toBeGreaterThan(0);
+    await closeServer(server);
+    expect(waiting()).toEqual([]);
+    await waitUntil(() => standbyProcesses().length === 0, 30, 'the pre-started trainer to end with the server');
+  }, 120_000);
 
   it('allows one server per workspace, while read-only commands run beside it without disturbing its runs', async () => {
     const server = await connect(workspace);

@@ -517,3 +517,69 @@ def test_trusted_modules_import_neither_torch_nor_agent_code():
     proc = subprocess.run([PYTHON, "-c", code], cwd=PYTHON_DIR, capture_output=True, text=True, timeout=60,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": PYTHON_DIR})
     assert proc.stdout.strip() == "[]", proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Pre-started trainers (--standby, prestart.py)
+# ---------------------------------------------------------------------------------------------
+PRESTART_PY = os.path.join(PYTHON_DIR, "prestart.py")
+
+
+def standby(tmp_path, data_dir, script, **spec):
+    """Starts `supervise.py --standby` on a prestart.py trainer; returns (process, spec dict)."""
+    path = tmp_path / "trainer.py"
+    path.write_text(textwrap.dedent(script), encoding="utf-8")
+    full = {
+        "trainer_argv": [PYTHON, "-u", PRESTART_PY, str(path)],
+        "trainer_env": {"PATH": "/usr/bin:/bin", "PYTHONPATH": PYTHON_DIR, "AUTORESEARCH_DATA_DIR": data_dir,
+                        "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"},
+        "log_path": str(tmp_path / "run.log"),
+        "data_dir": data_dir,
+        "scratch_host": str(tmp_path),
+        "handover_dir": str(tmp_path / "handover"),
+        "seed": 42, "time_budget": 1.0, "budget_slack": 0.2,
+        "startup_allowance": 20, "export_allowance": 20,
+        "max_batch_tokens": 1 << 16,
+    }
+    full.update(spec)
+    (tmp_path / "standby.json").write_text(json.dumps(full))
+    proc = subprocess.Popen([PYTHON, SUPERVISE_PY, "--spec", str(tmp_path / "standby.json"), "--standby"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return proc, full
+
+
+def test_a_prestarted_trainer_runs_on_go_with_the_runs_seed_and_startup_counted_from_go(tmp_path, smoke_data):
+    pytest.importorskip("torch")
+    script = "import os, time\nprint('seed', os.environ['AUTORESEARCH_SEED'], flush=True)\n" + HONEST
+    proc, spec = standby(tmp_path, smoke_data, script)
+    # The run arrives later than the standby: its start-up is counted from `go`, not from the spawn.
+    time.sleep(4)
+    run_spec = dict(spec, seed=7, handover_dir=str(tmp_path / "run-handover"))
+    (tmp_path / "spec.json").write_text(json.dumps(run_spec))
+    out, err = proc.communicate(f"go {tmp_path / 'spec.json'}\n".encode(), timeout=60)
+    report = json.loads(out.decode().strip())
+    log = (tmp_path / "run.log").read_text()
+    assert report["outcome"] == "handed_over", (report, log[-3000:], err.decode())
+    assert report["startup_seconds"] < 4
+    assert "seed 7\n" in log
+    assert sorted(os.listdir(tmp_path / "run-handover")) == ["model.pt", "weights.pt"]
+
+
+def test_a_standby_without_a_run_ends_its_trainer_and_reports_nothing(tmp_path, smoke_data):
+    proc, _ = standby(tmp_path, smoke_data, "print('agent code ran', flush=True)\n")
+    out, _ = proc.communicate(b"", timeout=60)   # stdin closes: the server stopped, or the slot went away
+    assert proc.returncode == 3 and out == b""
+    assert processes_running(str(tmp_path / "trainer.py")) == []
+    assert "agent code ran" not in (tmp_path / "run.log").read_text()
+
+
+def test_a_run_spec_for_another_trainer_is_refused(tmp_path, smoke_data):
+    proc, spec = standby(tmp_path, smoke_data, "print('agent code ran', flush=True)\n")
+    other = dict(spec, trainer_argv=[PYTHON, "-u", str(tmp_path / "other.py")])
+    (tmp_path / "spec.json").write_text(json.dumps(other))
+    out, _ = proc.communicate(f"go {tmp_path / 'spec.json'}\n".encode(), timeout=60)
+    report = json.loads(out.decode().strip())
+    assert proc.returncode == 2 and report["outcome"] == "error"
+    assert "differs from the pre-started trainer's" in report["reason"]
+    assert processes_running(str(tmp_path / "trainer.py")) == []
+    assert "agent code ran" not in (tmp_path / "run.log").read_text()

@@ -1,7 +1,7 @@
 import Database from 'better-sqlite3';
 import { randomInt } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { existsSync, readFileSync, realpathSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, realpathSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { availableParallelism, hostname } from 'node:os';
 import { join } from 'node:path';
@@ -11,7 +11,7 @@ import { UserError } from './errors.js';
 import { gpuUsage, type GpuUsage } from './gpus.js';
 import { contentHash, FileHashCache, sha256 } from './hashing.js';
 import { applySearchReplace, applyUnifiedDiff, checkNoReplacementCharacter, diffStat, unifiedDiff } from './patch.js';
-import { harnessDir, runDir, stateDir } from './paths.js';
+import { harnessDir, runDir, standbyDir, stateDir } from './paths.js';
 import { checkTrainPy, type Violation } from './rules.js';
 import { cpuThreadsPerRun, ProcessRunner, readLogTail, type Budget, type RunProgress, type Slot } from './runner.js';
 import { recordedPythonProblem } from './python.js';
@@ -136,6 +136,7 @@ export class Lab extends EventEmitter {
       ceilingSeconds,
       forbidden: [...new Set([dir, stateDir(dir), meta.dataDir].flatMap((path) => [path, realpathOr(path)]))],
       cpuThreads: cpuThreadsPerRun(availableParallelism(), cpuSlots),
+      standbyDir: serving ? standbyDir(dir) : undefined,
     });
     const log = options.log ?? ((message: string) => process.stderr.write(`[autoresearch] ${message}\n`));
     if (serving) {
@@ -148,7 +149,12 @@ export class Lab extends EventEmitter {
     }
     if (serving && options.unsandboxed) log('running WITHOUT a sandbox (--unsandboxed): results are stored as unverified (sandboxed = 0)');
     const lab = new Lab(workspace, store, meta, runner, slots, ceilingSeconds, log, serving);
-    if (serving) await lab.reconcile();
+    if (serving) {
+      await lab.reconcile();
+      // Pre-started trainers of a server that was killed died with it; their folders go too.
+      rmSync(standbyDir(dir), { recursive: true, force: true });
+      for (const slot of slots) runner.prestart(slot);
+    }
     return lab;
   }
 
@@ -1634,7 +1640,7 @@ export class Lab extends EventEmitter {
       this.finish(experiment.id, { status: 'cancelled', error: 'server stopped before it ran', finishedAt: Date.now() });
     }
     this.runner.stopAll('cancelled');
-    await Promise.allSettled([...this.running.values()]);
+    await Promise.allSettled([...this.running.values(), this.runner.closeStandbys()]);
     this.store.close();
     releaseServerLock(this.workspace.dir);
   }

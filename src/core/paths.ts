@@ -15,12 +15,14 @@ export const TEMPLATE_FILES = {
 
 /**
  * The harness files copied to `<workspace>/.autoresearch/harness/` at init and pinned as
- * `harness/<name>`: what train.py imports, the batch packer, the supervisor and the evaluator.
+ * `harness/<name>`: what train.py imports, the batch packer, the supervisor, the pre-started
+ * trainer's launcher and the evaluator.
  */
 export const HARNESS_FILES = {
   'prepare.py': join(PACKAGE_ROOT, 'python', 'prepare.py'),
   'batches.py': join(PACKAGE_ROOT, 'python', 'batches.py'),
   'supervise.py': join(PACKAGE_ROOT, 'python', 'supervise.py'),
+  'prestart.py': join(PACKAGE_ROOT, 'python', 'prestart.py'),
   'evaluate.py': join(PACKAGE_ROOT, 'python', 'evaluate.py'),
 } as const;
 export type HarnessFile = keyof typeof HARNESS_FILES;
@@ -49,6 +51,11 @@ export function stateDir(workspace: string): string {
 /** The pinned copies of the harness files. */
 export function harnessDir(workspace: string): string {
   return join(stateDir(workspace), 'harness');
+}
+
+/** Where pre-started trainers wait until a run claims one (its folder then becomes the run's). */
+export function standbyDir(workspace: string): string {
+  return join(stateDir(workspace), 'standby');
 }
 
 /** One run's folder: code, scratch, hand-over, spec and log (docs/run-protocol.md). */

@@ -1,4 +1,4 @@
-import { copyFile, mkdir, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { TRAINER_DATA_FILES } from './sandbox.js';
 
@@ -43,11 +43,13 @@ export interface RunFolderContents {
 
 /**
  * Writes R/code (read-only files), R/handover and, unsandboxed, R/scratch and R/data. Anything
- * a previous attempt left there is removed first; the log is kept (it is appended to).
+ * a previous attempt left there is removed first; the log is kept (it is appended to). R/code
+ * itself stays: a pre-started trainer's sandbox has it bound already, and sees what is written.
  */
 export async function writeRunFolder(folder: RunFolder, contents: RunFolderContents): Promise<void> {
-  await Promise.all([folder.code, folder.scratch, folder.handover, folder.data, folder.spec].map((path) => rm(path, { recursive: true, force: true })));
+  await Promise.all([folder.scratch, folder.handover, folder.data, folder.spec].map((path) => rm(path, { recursive: true, force: true })));
   await mkdir(folder.code, { recursive: true });
+  await Promise.all((await readdir(folder.code)).map((name) => rm(join(folder.code, name), { recursive: true, force: true })));
   await mkdir(folder.handover, { recursive: true });
   await writeFile(join(folder.code, 'train.py'), contents.trainPy, { mode: 0o444 });
   await writeFile(join(folder.code, 'prepare.py'), contents.preparePy, { mode: 0o444 });

@@ -1,8 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { randomInt } from 'node:crypto';
+import { randomBytes, randomInt } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { closeSync, existsSync, openSync, readSync, statSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, rename, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { sha256, sha256File } from './hashing.js';
 import { PACKAGE_ROOT } from './paths.js';
@@ -162,6 +162,12 @@ export interface RunnerOptions {
   /** Facts about this machine and the interpreter; probed on first use when absent (tests state them). */
   hostFacts?: HostFacts;
   pythonLayout?: PythonLayout;
+  /**
+   * Where pre-started trainers wait (<state>/standby): each slot keeps one trainer sandbox whose
+   * interpreter has imported torch before its run is known (python/prestart.py). Sandboxed runs
+   * only, and only when harness/prestart.py is pinned; left out, every trainer starts cold.
+   */
+  standbyDir?: string;
 }
 
 /** Pin names of the harness copies. */
@@ -291,6 +297,22 @@ export function readLogTail(path: string, bytes = LOG_TAIL_BYTES): string {
   return buffer.toString('utf8');
 }
 
+/**
+ * A slot's pre-started trainer: `supervise.py --standby` and, under it, prestart.py in the trainer
+ * sandbox, waiting in its own folder. A run claims it by renaming the folder to the run's (the
+ * sandbox's binds and the open log follow the folder) and sending `go SPEC`.
+ */
+interface Standby {
+  folder: RunFolder;
+  /** The argv it was started with: the claiming run's spec must carry the same. */
+  trainerArgv: string[];
+  trainerEnv: Record<string, string>;
+  /** The run's process set from the start, so that a run that claims it can stop it. */
+  active: ActiveRun;
+  phase: StartedPhase;
+  ended: boolean;
+}
+
 interface ActiveRun {
   /** The run's live processes (the supervisor, and the evaluator waiting beside it). */
   children: Set<ChildProcess>;
@@ -311,7 +333,8 @@ interface PhaseOptions {
 interface StartedPhase {
   child: ChildProcess;
   exit: Promise<Exit>;
-  go: () => void;
+  /** Writes one line (default `go`) on its stdin and closes it. */
+  go: (line?: string) => void;
   stop: () => void;
 }
 
@@ -332,6 +355,9 @@ interface Exit {
 export class ProcessRunner extends EventEmitter {
   private readonly active = new Map<number, ActiveRun>();
   private layout?: Promise<{ facts: HostFacts; python: PythonLayout }>;
+  /** Pre-started trainers by slot index (at most one each); `starting` while one is being made. */
+  private readonly standbys = new Map<number, Standby | 'starting'>();
+  private closed = false;
 
   constructor(private readonly options: RunnerOptions) {
     super();
@@ -389,7 +415,9 @@ export class ProcessRunner extends EventEmitter {
     const folder = runFolder(request.runDir);
     const sandboxed = this.sandboxed;
     const base = { summary: {}, exitCode: null as number | null, signal: null as string | null, startedAt, logTail: '', sandboxed, seed };
-    const active: ActiveRun = { children: new Set() };
+    // A pre-started trainer is claimed only for a fresh run folder (a re-run keeps its old log).
+    const standby = existsSync(request.runDir) ? undefined : this.claimStandby(request.slot);
+    const active: ActiveRun = standby?.active ?? { children: new Set() };
     this.active.set(request.experimentId, active);
     try {
       // ---- pins: every harness and data file, and the candidate's prepare.py ----
@@ -408,23 +436,89 @@ export class ProcessRunner extends EventEmitter {
         };
       }
       await mkdir(dirname(folder.log), { recursive: true });
+      if (standby) await rename(standby.folder.root, folder.root);
       await writeRunFolder(folder, { trainPy, preparePy, sandboxed, dataDir: this.options.dataDir });
       const { facts, python } = await this.hostLayout();
-      await writeSpec(folder, this.spec(folder, request, seed, facts, python));
+      const spec = this.spec(folder, request.slot, seed, facts, python);
+      await writeSpec(folder, standby ? { ...spec, trainer_argv: standby.trainerArgv, trainer_env: standby.trainerEnv } : spec);
       if (active.stopReason) return this.stopped(active, { ...base, status: 'cancelled', finishedAt: Date.now(), logTail: readLogTail(folder.log) });
 
       const stopTail = this.followProgress(request.experimentId, folder.log, active);
       const ceiling = setTimeout(() => this.stop(request.experimentId, 'timed_out'), this.options.ceilingSeconds * 1000);
       try {
-        return await this.phases(request, folder, active, facts, python, onStart, base);
+        return await this.phases(request, folder, active, facts, python, onStart, base, standby);
       } finally {
         clearTimeout(ceiling);
         stopTail();
       }
     } finally {
+      standby?.phase.stop();   // claimed but never told to go (refused, cancelled): it ends unused
       this.active.delete(request.experimentId);
       await cleanRunFolder(folder).catch(() => undefined);
+      this.prestart(request.slot);
     }
+  }
+
+  /**
+   * Starts the slot's pre-started trainer unless it has one (or pre-starting is off): its
+   * interpreter and torch import then happen while the slot is idle (or, on a GPU slot, while the
+   * GPU trains), not between one run and the next. Failures only mean the next run starts cold.
+   */
+  prestart(slot: Slot): void {
+    if (this.closed || !this.sandboxed || !this.options.standbyDir || !(`${HARNESS_PIN_PREFIX}prestart.py` in this.options.pins)) return;
+    if (this.standbys.has(slot.index)) return;
+    this.standbys.set(slot.index, 'starting');
+    this.startStandby(slot).then(
+      (standby) => {
+        if (this.standbys.get(slot.index) !== 'starting' || this.closed) {
+          standby.phase.stop();
+          return;
+        }
+        this.standbys.set(slot.index, standby);
+        void standby.phase.exit.then(() => {
+          standby.ended = true;
+          if (this.standbys.get(slot.index) === standby) this.standbys.delete(slot.index);
+        });
+      },
+      () => {
+        if (this.standbys.get(slot.index) === 'starting') this.standbys.delete(slot.index);
+      },
+    );
+  }
+
+  /** Ends every pre-started trainer and starts no more (the server is stopping). */
+  async closeStandbys(): Promise<void> {
+    this.closed = true;
+    const waiting = [...this.standbys.values()].filter((s): s is Standby => s !== 'starting');
+    this.standbys.clear();
+    for (const standby of waiting) standby.phase.stop();
+    await Promise.all(waiting.map((standby) => standby.phase.exit));
+    if (this.options.standbyDir) await rm(this.options.standbyDir, { recursive: true, force: true }).catch(() => undefined);
+  }
+
+  private claimStandby(slot: Slot): Standby | undefined {
+    const standby = this.standbys.get(slot.index);
+    if (standby === undefined || standby === 'starting' || standby.ended) return undefined;
+    this.standbys.delete(slot.index);
+    return standby;
+  }
+
+  private async startStandby(slot: Slot): Promise<Standby> {
+    const standbyDir = this.options.standbyDir as string;
+    const folder = runFolder(join(standbyDir, `${slot.index}-${randomBytes(4).toString('hex')}`));
+    await mkdir(folder.code, { recursive: true });
+    const { facts, python } = await this.hostLayout();
+    const spec = this.spec(folder, slot, DEFAULT_SEED, facts, python, join(this.options.harnessDir, 'prestart.py'));
+    await writeSpec(folder, spec);
+    const active: ActiveRun = { children: new Set() };
+    const supervisorArgs = [join(this.options.harnessDir, 'supervise.py'), '--spec', folder.spec, '--standby'];
+    const phase = this.startPhase(active, this.options.python, supervisorArgs, folder, { cwd: folder.root, env: this.hostEnv(), resultFd: 1, stdin: true });
+    const standby: Standby = { folder, trainerArgv: spec.trainer_argv, trainerEnv: spec.trainer_env, active, phase, ended: false };
+    // Unclaimed when it ends (the server stopped it, its trainer failed to start): nothing to keep.
+    void phase.exit.then(() => {
+      if (existsSync(folder.root)) return rm(folder.root, { recursive: true, force: true });
+    }).catch(() => undefined);
+    return standby;
   }
 
   private async phases(
@@ -435,6 +529,7 @@ export class ProcessRunner extends EventEmitter {
     python: PythonLayout,
     onStart: (pid: number) => void,
     base: Omit<RunOutcome, 'status' | 'finishedAt'>,
+    standby: Standby | undefined,
   ): Promise<RunOutcome> {
     // ---- phase 2's process starts first: evaluate.py waits beside the trainer for "go", so that
     // its interpreter and torch import are not between the hand-over and the result ----
@@ -447,7 +542,7 @@ export class ProcessRunner extends EventEmitter {
       stdin: true,
     });
     try {
-      return await this.supervisedThenEvaluated(folder, active, onStart, base, evaluator);
+      return await this.supervisedThenEvaluated(folder, active, onStart, base, evaluator, standby, request.slot);
     } finally {
       // Never told to go (the trainer failed, the run was stopped): it ends without a result.
       evaluator.stop();
@@ -461,15 +556,30 @@ export class ProcessRunner extends EventEmitter {
     onStart: (pid: number) => void,
     base: Omit<RunOutcome, 'status' | 'finishedAt'>,
     evaluator: StartedPhase,
+    standby: Standby | undefined,
+    slot: Slot,
   ): Promise<RunOutcome> {
-    // ---- phase 1: supervise.py runs the trainer and measures the budget ----
-    const supervisorArgs = [join(this.options.harnessDir, 'supervise.py'), '--spec', folder.spec];
-    const supervised = await this.spawnPhase(active, this.options.python, supervisorArgs, folder, {
-      cwd: this.sandboxed ? folder.root : folder.scratch,
-      env: this.hostEnv(),
-      resultFd: 1,
-      onStart,
-    });
+    // ---- phase 1: supervise.py runs the trainer and measures the budget (a pre-started one is
+    // told to go: its trainer has imported torch already; the clocks start now) ----
+    let running: Promise<Exit>;
+    if (standby) {
+      if (standby.phase.child.pid !== undefined) onStart(standby.phase.child.pid);
+      standby.phase.go(`go ${folder.spec}`);
+      running = standby.phase.exit;
+    } else {
+      const supervisorArgs = [join(this.options.harnessDir, 'supervise.py'), '--spec', folder.spec];
+      running = this.spawnPhase(active, this.options.python, supervisorArgs, folder, {
+        cwd: this.sandboxed ? folder.root : folder.scratch,
+        env: this.hostEnv(),
+        resultFd: 1,
+        onStart,
+      });
+    }
+    // A GPU slot's next trainer starts while this one trains: its import takes a spare CPU core,
+    // not the GPU. A CPU slot's waits until this run is over (run()), so that it takes no CPU
+    // from a measured budget or an evaluation.
+    if (slot.cudaDevices !== undefined) this.prestart(slot);
+    const supervised = await running;
     const finish = (outcome: Partial<RunOutcome> & { status: RunStatus }): RunOutcome => {
       const logTail = readLogTail(folder.log);
       return { ...base, summary: parseSummary(logTail), logTail, finishedAt: Date.now(), ...outcome };
@@ -660,18 +770,21 @@ export class ProcessRunner extends EventEmitter {
     return env;
   }
 
-  private spec(folder: RunFolder, request: RunRequest, seed: number, facts: HostFacts, python: PythonLayout): SupervisorSpec {
-    const env = this.trainerEnv(folder, request.slot, seed, python);
+  /** With `prestart` (the launcher's host path), the trainer is a pre-started one: it gets its seed with `go`, not in its environment. */
+  private spec(folder: RunFolder, slot: Slot, seed: number, facts: HostFacts, python: PythonLayout, prestart?: string): SupervisorSpec {
+    const env = this.trainerEnv(folder, slot, seed, python);
+    if (prestart) delete env.AUTORESEARCH_SEED;
     const budget = this.options.budget;
     const trainerArgs = this.sandboxed
       ? trainerArgv(facts, {
           codeDir: folder.code,
           dataDir: this.options.dataDir,
-          cudaDevices: request.slot.cudaDevices,
+          cudaDevices: slot.cudaDevices,
           scratchBytes: budget.scratchBytes,
           python,
           env,
           forbidden: this.options.forbidden,
+          prestart,
         })
       : [...pdeathsigPrefix(), this.options.python, '-u', join(folder.code, 'train.py')];
     return {
@@ -738,7 +851,7 @@ export class ProcessRunner extends EventEmitter {
    * Starts one phase as its own process group (and, where util-linux setpriv exists, with a
    * parent-death signal, so it dies with a server killed -9); stdout and stderr go to the run
    * log except the result fd, which is collected. With `stdin`, go() writes the line "go" and
-   * closes it (evaluate.py --wait).
+   * closes it (evaluate.py --wait; supervise.py --standby gets `go SPEC`).
    */
   private startPhase(active: ActiveRun, command: string, args: string[], folder: RunFolder, how: PhaseOptions): StartedPhase {
     const prefix = command === this.options.python ? pdeathsigPrefix() : [];
@@ -786,7 +899,7 @@ export class ProcessRunner extends EventEmitter {
     return {
       child,
       exit,
-      go: () => child.stdin?.end('go\n'),
+      go: (line = 'go') => child.stdin?.end(`${line}\n`),
       // Only while it runs: once reaped, its pid (and group id) may belong to someone else.
       stop: () => {
         if (!ended) killGroup(child.pid, 'SIGKILL');

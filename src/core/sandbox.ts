@@ -13,6 +13,7 @@ import { delimiter, isAbsolute, join, relative, resolve } from 'node:path';
 export const TRAINER_CODE = '/sandbox/code';
 export const TRAINER_DATA = '/sandbox/data';
 export const TRAINER_SCRATCH = '/sandbox/scratch';
+export const TRAINER_PRESTART = '/sandbox/prestart.py';
 /** Where things appear inside the evaluator's sandbox. */
 export const EVAL_ROOT = '/eval';
 export const EVAL_IN = '/eval/in';
@@ -67,6 +68,11 @@ export interface TrainerLayout {
    * bind (system folder, python prefix) that contains one of them is refused.
    */
   forbidden?: string[];
+  /**
+   * Host path of prestart.py: the trainer starts as `python -u /sandbox/prestart.py
+   * /sandbox/code/train.py`, imports torch and waits for the supervisor's `go` (a pre-started trainer).
+   */
+  prestart?: string;
 }
 
 export interface EvaluatorLayout {
@@ -152,12 +158,13 @@ function envArgs(env: Record<string, string>): string[] {
 export function trainerArgv(facts: HostFacts, layout: TrainerLayout): string[] {
   const args = [facts.bwrap, ...baseArgs(facts, layout.python, layout.cudaDevices, layout.scratchBytes, layout.forbidden ?? [])];
   args.push('--ro-bind', layout.codeDir, TRAINER_CODE);
+  if (layout.prestart) args.push('--ro-bind', layout.prestart, TRAINER_PRESTART);
   for (const name of TRAINER_DATA_FILES) args.push('--ro-bind', join(layout.dataDir, name), `${TRAINER_DATA}/${name}`);
   args.push('--size', String(layout.scratchBytes), '--tmpfs', TRAINER_SCRATCH);
   // The sandbox's root is a tmpfs bwrap builds; once every mount point exists it becomes read-only.
   args.push('--remount-ro', '/', '--chdir', TRAINER_SCRATCH);
   args.push(...envArgs(layout.env));
-  args.push('--', layout.python.executable, '-u', `${TRAINER_CODE}/train.py`);
+  args.push('--', layout.python.executable, '-u', ...(layout.prestart ? [TRAINER_PRESTART] : []), `${TRAINER_CODE}/train.py`);
   return args;
 }
 

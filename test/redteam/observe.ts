@@ -57,7 +57,7 @@ export interface Snapshot {
 }
 
 const GIT_TRANSIENT = /^(objects|refs|logs|worktrees)(\/|$)|^(index|packed-refs|ORIG_HEAD|FETCH_HEAD|COMMIT_EDITMSG|gc\.log|AUTO_MERGE)$|\.lock$/;
-const STATE_TRANSIENT = /^(state\.db(-wal|-shm|-journal)?|server\.pid|worktrees(\/.*)?)$/;
+const STATE_TRANSIENT = /^(state\.db(-wal|-shm|-journal)?|server\.pid|worktrees(\/.*)?|standby(\/.*)?)$/;
 /** Files beside the database that only ever grow (an audit head anchored outside the database). */
 const APPEND_ONLY = /^[^/]*(audit|anchor|chain)[^/]*$/i;
 

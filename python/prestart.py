@@ -1,0 +1,53 @@
+"""
+A slot's next trainer, started before its run is known (docs/run-protocol.md, "Pre-started
+trainer").
+
+    python3 -u prestart.py /sandbox/code/train.py
+
+The interpreter's start and `import torch` take more than a second on a CPU; done while the slot
+is idle or the previous run is being evaluated, they are no longer between one run and the next.
+This process imports torch and nothing of the run, then blocks on the harness channel until the
+supervisor sends one line, `go {"NAME": "value", ...}`: the run's own environment (its seed).
+Then it runs train.py as __main__, as `python3 -u train.py` would. No code of the agent's exists
+in this process before that line, and the supervisor's clocks start when it sends it.
+"""
+
+import json
+import os
+import runpy
+import sys
+
+import torch  # noqa: F401  (the slow import this process exists to make early)
+
+MAX_GO_LINE = 1 << 16
+
+
+def wait_for_go(fd: int) -> dict:
+    """Reads byte by byte up to the newline, so that nothing after it is taken from the channel."""
+    line = bytearray()
+    while not line.endswith(b"\n"):
+        chunk = os.read(fd, 1)
+        if not chunk:
+            sys.exit(0)   # the supervisor ended the standby without a run
+        line += chunk
+        if len(line) > MAX_GO_LINE:
+            sys.exit("prestart: the go line is too long")
+    word, _, payload = bytes(line).strip().partition(b" ")
+    env = json.loads(payload) if word == b"go" else None
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        sys.exit(f"prestart: expected `go {{...}}` on the channel, got {bytes(line[:80])!r}")
+    return env
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        sys.exit("usage: prestart.py TRAIN_PY")
+    script = os.path.abspath(sys.argv[1])
+    os.environ.update(wait_for_go(int(os.environ["AUTORESEARCH_CHANNEL_FD"])))
+    sys.argv = [script]
+    sys.path[0] = os.path.dirname(script)
+    runpy.run_path(script, run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
