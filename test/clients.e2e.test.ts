@@ -3,6 +3,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI, makeWorkspace, ROOT } from './helpers.js';
 
@@ -13,10 +14,19 @@ const INSPECTOR = join(CLIENTS, '@modelcontextprotocol', 'inspector', 'clients',
 const CONFORMANCE = join(CLIENTS, '@modelcontextprotocol', 'conformance', 'dist', 'index.js');
 
 function requireClients(): void {
-  for (const path of [NODE22, INSPECTOR, CONFORMANCE]) {
+  for (const path of [NODE22, INSPECTOR, CONFORMANCE, ...Object.values(FRAMEWORKS)]) {
     if (!existsSync(path)) throw new Error(`${path} is missing: run bash test/setup-clients.sh (npm test runs it first).`);
   }
 }
+
+/** The agent frameworks' own MCP clients, and the openai package's strict converter, by file (they live in test/clients). */
+const FRAMEWORKS = {
+  aiSdk: join(CLIENTS, '@ai-sdk', 'mcp', 'dist', 'index.mjs'),
+  aiSdkStdio: join(CLIENTS, '@ai-sdk', 'mcp', 'dist', 'mcp-stdio', 'index.mjs'),
+  langchain: join(CLIENTS, '@langchain', 'mcp-adapters', 'dist', 'index.js'),
+  openaiTransform: join(CLIENTS, 'openai', 'lib', 'transform.mjs'),
+};
+const load = (path: string): Promise<any> => import(pathToFileURL(path).href);
 
 describe('MCP Inspector CLI (Node 22) against the stdio server', () => {
   let workspace: string;
@@ -102,4 +112,78 @@ describe('MCP conformance suite against the Streamable HTTP endpoint', () => {
     }
     expect(result.exitCode, output.slice(-3000)).toBe(0);
   }, 300_000);
+});
+
+describe('agent frameworks: their MCP clients call the tools, and strict schema converters take them', () => {
+  let workspace: string;
+  const serveArgs = () => [CLI, 'serve', '--workspace', workspace, '--no-daemon'];
+  beforeAll(async () => {
+    requireClients();
+    workspace = await makeWorkspace('smoke');
+  }, 600_000);
+
+  it("the openai package's strict converter takes every tool; the server takes the nulls a strict client sends", async () => {
+    const { toStrictJsonSchema } = await load(FRAMEWORKS.openaiTransform);
+    const { createMCPClient } = await load(FRAMEWORKS.aiSdk);
+    const { Experimental_StdioMCPTransport } = await load(FRAMEWORKS.aiSdkStdio);
+    const client = await createMCPClient({ transport: new Experimental_StdioMCPTransport({ command: process.execPath, args: serveArgs(), stderr: 'ignore' }) });
+    try {
+      const { tools } = await client.listTools();
+      expect(tools.length).toBeGreaterThanOrEqual(12);
+      const strict = new Map<string, any>();
+      for (const tool of tools) {
+        const converted = toStrictJsonSchema(tool.inputSchema);
+        expect(converted.required, tool.name).toEqual(Object.keys(converted.properties ?? {}));
+        strict.set(tool.name, converted);
+      }
+      // Under strict mode a model sends every argument, null for those it leaves out.
+      const tools_ = await client.tools();
+      for (const name of ['status', 'read_train_py', 'get_results']) {
+        const args = Object.fromEntries(Object.keys(strict.get(name).properties).map((key) => [key, null]));
+        const result = await tools_[name].execute(args, { toolCallId: name, messages: [] });
+        expect(result.isError ?? false, `${name}: ${JSON.stringify(result.content)}`).toBe(false);
+      }
+      // A null for a required argument is still refused.
+      const refused = await tools_.get_run_log.execute({ experiment_id: null, lines: null }, { toolCallId: 'log', messages: [] });
+      expect(refused.isError).toBe(true);
+    } finally {
+      await client.close();
+    }
+  }, 120_000);
+
+  it("the Vercel AI SDK's MCP client calls the read-only tools through its tool set", async () => {
+    const { createMCPClient } = await load(FRAMEWORKS.aiSdk);
+    const { Experimental_StdioMCPTransport } = await load(FRAMEWORKS.aiSdkStdio);
+    const client = await createMCPClient({ transport: new Experimental_StdioMCPTransport({ command: process.execPath, args: serveArgs(), stderr: 'ignore' }) });
+    try {
+      const tools = await client.tools();
+      const text = async (name: string, args: object) => {
+        const result = await tools[name].execute(args, { toolCallId: name, messages: [] });
+        expect(result.isError ?? false, name).toBe(false);
+        return result.content.map((c: { text?: string }) => c.text ?? '').join('\n');
+      };
+      expect(await text('status', {})).toMatch(/profile smoke/);
+      expect(await text('read_train_py', {})).toMatch(/finish_training/);
+      expect(await text('get_results', { limit: 5 })).toBeTypeOf('string');
+      expect(await text('read_harness', { file: 'program.md' })).toMatch(/val_bpb/);
+    } finally {
+      await client.close();
+    }
+  }, 120_000);
+
+  it("LangChain's MCP adapters load the tools and invoke the read-only ones", async () => {
+    const { MultiServerMCPClient } = await load(FRAMEWORKS.langchain);
+    const client = new MultiServerMCPClient({ mcpServers: { autoresearch: { transport: 'stdio', command: process.execPath, args: serveArgs(), stderr: 'ignore' } } });
+    try {
+      const tools: { name: string; invoke: (args: object) => Promise<unknown> }[] = await client.getTools();
+      const byName = new Map(tools.map((tool) => [tool.name.replace(/^.*__/, ''), tool]));
+      expect([...byName.keys()]).toEqual(expect.arrayContaining(['status', 'read_train_py', 'run_experiment', 'commit_or_revert']));
+      const text = async (name: string, args: object) => JSON.stringify(await byName.get(name)!.invoke(args));
+      expect(await text('status', {})).toMatch(/profile smoke/);
+      expect(await text('read_train_py', {})).toMatch(/finish_training/);
+      expect(await text('read_harness', { file: 'program.md' })).toMatch(/val_bpb/);
+    } finally {
+      await client.close();
+    }
+  }, 120_000);
 });

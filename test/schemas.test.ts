@@ -12,30 +12,6 @@ function* nodes(schema: Schema, path = '$'): Generator<[string, Schema]> {
   for (const key of ['anyOf', 'oneOf', 'allOf']) for (const [i, child] of (schema[key] ?? []).entries()) yield* nodes(child, `${path}.${key}[${i}]`);
 }
 
-/**
- * What OpenAI's strict function calling does with a schema: every property required (an
- * optional one becomes nullable), every object closed. Throws where strict mode has no form.
- */
-function toOpenAiStrict(schema: Schema): Schema {
-  if (schema.$ref || schema.$defs || schema.definitions) throw new Error('references');
-  const out: Schema = { ...schema };
-  delete out.default;
-  if (schema.type === 'object') {
-    if (schema.additionalProperties !== false) throw new Error('an object open to extra keys');
-    const required = new Set(schema.required ?? []);
-    out.properties = Object.fromEntries(
-      Object.entries(schema.properties ?? {}).map(([name, child]) => {
-        const strict = toOpenAiStrict(child as Schema);
-        return [name, required.has(name) ? strict : { anyOf: [strict, { type: 'null' }] }];
-      }),
-    );
-    out.required = Object.keys(schema.properties ?? {});
-  }
-  if (schema.type === 'array') out.items = toOpenAiStrict(schema.items);
-  for (const key of ['anyOf', 'oneOf', 'allOf']) if (schema[key]) out[key] = schema[key].map(toOpenAiStrict);
-  return out;
-}
-
 /** Keywords of Gemini's function-declaration schema (an OpenAPI 3.0 subset), plus what adapters strip. */
 const GEMINI_KEYWORDS = new Set(['type', 'format', 'title', 'description', 'nullable', 'enum', 'maxItems', 'minItems', 'properties', 'required', 'minProperties', 'maxProperties', 'minLength', 'maxLength', 'pattern', 'example', 'anyOf', 'propertyOrdering', 'default', 'items', 'minimum', 'maximum', 'additionalProperties']);
 
@@ -80,13 +56,21 @@ describe('tool input schemas every provider accepts (tools/list of the real serv
     expect(id.maximum).toBeUndefined();
   });
 
-  it('converts to OpenAI strict function schemas, and stays valid JSON Schema', () => {
+  it('is valid JSON Schema (the openai package converts it to strict mode: clients.e2e.test.ts)', () => {
     const ajv = new Ajv({ strict: true, allErrors: true });
     for (const tool of tools) {
-      const strict = toOpenAiStrict(tool.inputSchema);
       expect(ajv.validateSchema(tool.inputSchema), `${tool.name}: ${ajv.errorsText()}`).toBe(true);
-      expect(ajv.validateSchema(strict), `${tool.name} strict: ${ajv.errorsText()}`).toBe(true);
       ajv.compile(tool.inputSchema);
+    }
+  });
+
+  it('lets every optional argument be null, as strict clients send it, and no required one', () => {
+    for (const tool of tools) {
+      const required = new Set<string>(tool.inputSchema.required ?? []);
+      for (const [name, property] of Object.entries(tool.inputSchema.properties as Record<string, Schema>)) {
+        const nullable = (property.anyOf ?? []).some((branch: Schema) => branch.type === 'null');
+        expect(nullable, `${tool.name}.${name}`).toBe(!required.has(name));
+      }
     }
   });
 
@@ -103,5 +87,10 @@ describe('tool input schemas every provider accepts (tools/list of the real serv
     expect(ok.isError).toBeFalsy();
     const bad = await server.client.callTool({ name: 'get_run_log', arguments: { experiment_id: 0 } });
     expect(bad.isError).toBe(true);
+    const nulls = await server.client.callTool({ name: 'get_results', arguments: { limit: null, experiment_id: null, format: null } });
+    expect(nulls.isError, JSON.stringify(nulls.content)).toBeFalsy();
+    expect((nulls.structuredContent as { experiments: unknown[] }).experiments).toBeInstanceOf(Array);
+    const requiredNull = await server.client.callTool({ name: 'get_run_log', arguments: { experiment_id: null } });
+    expect(requiredNull.isError).toBe(true);
   });
 });

@@ -1,6 +1,6 @@
 import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import type { RequestHandlerExtra } from '@modelcontextprotocol/sdk/shared/protocol.js';
-import { ListToolsRequestSchema, type ServerNotification, type ServerRequest, type ToolAnnotations } from '@modelcontextprotocol/sdk/types.js';
+import { CallToolRequestSchema, ListToolsRequestSchema, type ServerNotification, type ServerRequest, type ToolAnnotations } from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
 import { UserError, type Caller, type Lab } from '../core/lab.js';
 
@@ -56,12 +56,31 @@ const SCHEMA_VALUES = new Set(['items', 'additionalProperties', 'not', 'contains
  * `minimum`/`maximum` (for integers the next whole number, so `.positive()` reads `minimum: 1`;
  * Gemini rejects the exclusive forms); the safe-integer bounds zod adds to every `.int()` are
  * dropped (they say nothing a JSON integer does not); every object schema is closed
- * (`additionalProperties: false`, as OpenAI's strict mode requires) and has `properties`.
- * Validation is unchanged: the zod schemas still check every call.
+ * (`additionalProperties: false`, as OpenAI's strict mode requires) and has `properties`; and
+ * every optional argument also takes null (`anyOf: [..., {type: "null"}]`), which OpenAI's strict
+ * converter requires (it makes every argument required: a strict client sends null for one it
+ * leaves out, and the server takes null as left out). Otherwise validation is unchanged: the zod
+ * schemas still check every call.
  */
 export function portableInputSchema(schema: JsonSchema): JsonSchema {
   const { $schema: _dialect, ...rest } = schema;
-  return portableNode(rest) as JsonSchema;
+  const portable = portableNode(rest) as JsonSchema;
+  const required = new Set((portable.required as string[] | undefined) ?? []);
+  const properties = Object.entries((portable.properties ?? {}) as Record<string, JsonSchema>).map(([name, property]) => {
+    if (required.has(name)) return [name, property];
+    const { description, default: fallback, ...value } = property;
+    const nullable: JsonSchema = { anyOf: [value, { type: 'null' }] };
+    if (description !== undefined) nullable.description = description;
+    if (fallback !== undefined) nullable.default = fallback;
+    return [name, nullable];
+  });
+  return { ...portable, properties: Object.fromEntries(properties) };
+}
+
+/** Drops the arguments that are null where the tool's input takes them as optional (see portableInputSchema). */
+export function nullsAsOmitted(args: Record<string, unknown> | undefined, optional: ReadonlySet<string>): Record<string, unknown> | undefined {
+  if (!args) return args;
+  return Object.fromEntries(Object.entries(args).filter(([name, value]) => !(value === null && optional.has(name))));
 }
 
 function portableNode(node: unknown): unknown {
@@ -97,29 +116,45 @@ function portableNode(node: unknown): unknown {
   return out;
 }
 
-const portableServers = new WeakSet<McpServer>();
+/** Per server: each tool's optional argument names. */
+const optionalArguments = new WeakMap<McpServer, Map<string, Set<string>>>();
 
 /**
- * The SDK renders input schemas itself when it answers tools/list; this wraps that handler (as
- * the SDK installs it, on the first registered tool) so each input schema goes out portable.
+ * The SDK renders input schemas itself when it answers tools/list, and validates arguments
+ * itself before a tool runs; this wraps both handlers (as the SDK installs them, on the first
+ * registered tool) so that each input schema goes out portable, and null for an optional
+ * argument arrives as the argument left out.
  */
-function servePortableSchemas(server: McpServer): void {
-  if (portableServers.has(server)) return;
-  portableServers.add(server);
+function servePortableTools(server: McpServer): Map<string, Set<string>> {
+  const known = optionalArguments.get(server);
+  if (known) return known;
+  const optional = new Map<string, Set<string>>();
+  optionalArguments.set(server, optional);
   const protocol = server.server as unknown as { setRequestHandler: (schema: unknown, handler: (...args: any[]) => unknown) => void };
   const setRequestHandler = protocol.setRequestHandler;
   protocol.setRequestHandler = function (this: unknown, schema, handler) {
-    if (schema !== ListToolsRequestSchema) return setRequestHandler.call(this, schema, handler);
-    return setRequestHandler.call(this, schema, async (...args: unknown[]) => {
-      const result = (await handler(...args)) as { tools: { inputSchema: JsonSchema }[] };
-      return { ...result, tools: result.tools.map((tool) => ({ ...tool, inputSchema: portableInputSchema(tool.inputSchema) })) };
-    });
+    if (schema === ListToolsRequestSchema) {
+      return setRequestHandler.call(this, schema, async (...args: unknown[]) => {
+        const result = (await handler(...args)) as { tools: { inputSchema: JsonSchema }[] };
+        return { ...result, tools: result.tools.map((tool) => ({ ...tool, inputSchema: portableInputSchema(tool.inputSchema) })) };
+      });
+    }
+    if (schema === CallToolRequestSchema) {
+      return setRequestHandler.call(this, schema, (request: { params: { name: string; arguments?: Record<string, unknown> } }, ...rest: unknown[]) => {
+        const names = optional.get(request.params.name);
+        const params = names ? { ...request.params, arguments: nullsAsOmitted(request.params.arguments, names) } : request.params;
+        return handler({ ...request, params }, ...rest);
+      });
+    }
+    return setRequestHandler.call(this, schema, handler);
   };
+  return optional;
 }
 
 /** Registers a tool; expected failures become `isError` results with the message a model can act on. */
 export function registerDefinedTool(server: McpServer, definition: ToolDefinition<any, any>, context: ToolContext): void {
-  servePortableSchemas(server);
+  const optional = servePortableTools(server);
+  optional.set(definition.name, new Set(Object.entries(definition.input as z.ZodRawShape).filter(([, field]) => z.safeParse(field, undefined).success).map(([name]) => name)));
   server.registerTool(
     definition.name,
     {
