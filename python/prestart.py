@@ -4,12 +4,13 @@ trainer").
 
     python3 -u prestart.py /sandbox/code/train.py
 
-The interpreter's start and `import torch` take more than a second on a CPU; done while the slot
-is idle or the previous run is being evaluated, they are no longer between one run and the next.
-This process imports torch and nothing of the run, then blocks on the harness channel until the
-supervisor sends one line, `go {"NAME": "value", ...}`: the run's own environment (its seed).
-Then it runs train.py as __main__, as `python3 -u train.py` would. No code of the agent's exists
-in this process before that line, and the supervisor's clocks start when it sends it.
+The interpreter's start, `import torch` and the torch._dynamo import that the first optimizer
+triggers take more than two seconds on a CPU; done while the slot is idle (or its GPU trains),
+they are no longer between one run and the next. This process imports them and nothing of the
+run, says `ready` on the harness channel, then blocks on it until the supervisor sends one line,
+`go {"NAME": "value", ...}`: the run's own environment (its seed). Then it runs train.py as
+__main__, as `python3 -u train.py` would. No code of the agent's exists in this process before
+that line, and the supervisor's clocks start when it sends it.
 """
 
 import json
@@ -17,7 +18,8 @@ import os
 import runpy
 import sys
 
-import torch  # noqa: F401  (the slow import this process exists to make early)
+import torch  # noqa: F401  (the slow imports this process exists to make early)
+import torch._dynamo  # noqa: F401  (torch.optim imports it when the first optimizer is made)
 
 MAX_GO_LINE = 1 << 16
 
@@ -43,7 +45,9 @@ def main() -> None:
     if len(sys.argv) != 2:
         sys.exit("usage: prestart.py TRAIN_PY")
     script = os.path.abspath(sys.argv[1])
-    os.environ.update(wait_for_go(int(os.environ["AUTORESEARCH_CHANNEL_FD"])))
+    channel = int(os.environ["AUTORESEARCH_CHANNEL_FD"])
+    os.write(channel, b"ready\n")   # the import is done: the server may hand this trainer a run
+    os.environ.update(wait_for_go(channel))
     sys.argv = [script]
     sys.path[0] = os.path.dirname(script)
     runpy.run_path(script, run_name="__main__")

@@ -15,8 +15,9 @@ the last byte of the `handover` payload (<= time_budget + budget_slack); export 
 last byte of the `model` payload (<= export_allowance). A trainer that stops talking is still
 killed on time: the loop never blocks longer than POLL_S.
 
-Pre-started (`--standby`): the trainer (prestart.py, which imports torch and waits) is started
-before the run is known; the supervisor then waits for one line `go PATH` on its stdin, reads the
+Pre-started (`--standby`): the trainer (prestart.py, which imports torch, says `ready`, and waits)
+is started before the run is known; the supervisor marks it ready with the file `ready` beside
+the standby's spec, then waits for one line `go PATH` on its stdin, reads the
 run's spec from PATH (its trainer_argv must be the one already started), sends the trainer `go`
 with the run's seed, and supervises as usual, with startup measured from that moment. Stdin
 closing first, or the trainer ending while it waits, ends the standby without a report (exit 3).
@@ -272,22 +273,38 @@ def start_trainer(spec: dict):
 
 
 class Standby:
-    """A trainer started before its run is known (prestart.py in its trainer_argv): it waits on
-    the channel for `go`, and this waits on stdin for the run's spec."""
+    """A trainer started before its run is known (prestart.py in its trainer_argv): it says
+    `ready` on the channel once torch is imported (this then creates the file `ready_path`, which
+    the server waits for before it hands the standby a run, and so before it moves its folder),
+    then waits for `go`; this waits on stdin for the run's spec."""
 
-    def __init__(self, spec: dict):
+    def __init__(self, spec: dict, ready_path: str):
         self.spec = spec
+        self.ready_path = ready_path
         self.proc, self.sock, self.cpu = start_trainer(spec)
 
     def wait_for_go(self, stdin_fd: int = 0):
         """The spec path from the line `go PATH`, or None when stdin closes or the trainer ends first."""
         line = bytearray()
+        said = bytearray()       # what the trainer said on the channel: `ready\n` and nothing more
         while True:
-            readable, _, _ = select.select([stdin_fd], [], [], POLL_S * 10)
+            watched = [stdin_fd] if len(said) >= len(b"ready\n") else [stdin_fd, self.sock]
+            readable, _, _ = select.select(watched, [], [], POLL_S * 10)
             if self.proc.poll() is not None:
                 log(f"the pre-started trainer ended while waiting (exit {self.proc.returncode}); the log says why")
                 return None
-            if not readable:
+            if self.sock in readable:
+                try:
+                    said += self.sock.recv(len(b"ready\n") - len(said))
+                except (BlockingIOError, InterruptedError):
+                    pass
+                if said == b"ready\n":
+                    with open(self.ready_path, "wb"):
+                        pass
+                elif not b"ready\n".startswith(bytes(said)):
+                    log(f"the pre-started trainer said {bytes(said)!r} instead of `ready`")
+                    return None
+            if stdin_fd not in readable:
                 continue
             chunk = os.read(stdin_fd, 4096)
             if not chunk:
@@ -661,7 +678,7 @@ def main(argv=None) -> int:
     try:
         spec = load_spec(args.spec)
         if args.standby:
-            standby = Standby(spec)
+            standby = Standby(spec, os.path.join(os.path.dirname(os.path.abspath(args.spec)), "ready"))
             path = standby.wait_for_go()
             if path is None:
                 standby.end()

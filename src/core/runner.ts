@@ -170,6 +170,9 @@ export interface RunnerOptions {
   standbyDir?: string;
 }
 
+/** How often a run waiting for its slot's pre-started trainer looks for the supervisor's `ready` file. */
+const STANDBY_POLL_MS = 20;
+
 /** Pin names of the harness copies. */
 export const HARNESS_PIN_PREFIX = 'harness/';
 /** The workspace's own prepare.py: the candidate commit's blob must equal the pinned harness copy. */
@@ -311,6 +314,8 @@ interface Standby {
   active: ActiveRun;
   phase: StartedPhase;
   ended: boolean;
+  /** Settles true once its trainer has imported torch (the supervisor's `ready` file), false if it ended first. */
+  ready: Promise<boolean>;
 }
 
 interface ActiveRun {
@@ -416,7 +421,7 @@ export class ProcessRunner extends EventEmitter {
     const sandboxed = this.sandboxed;
     const base = { summary: {}, exitCode: null as number | null, signal: null as string | null, startedAt, logTail: '', sandboxed, seed };
     // A pre-started trainer is claimed only for a fresh run folder (a re-run keeps its old log).
-    const standby = existsSync(request.runDir) ? undefined : this.claimStandby(request.slot);
+    const standby = existsSync(request.runDir) ? undefined : await this.claimStandby(request.slot);
     const active: ActiveRun = standby?.active ?? { children: new Set() };
     this.active.set(request.experimentId, active);
     try {
@@ -496,11 +501,14 @@ export class ProcessRunner extends EventEmitter {
     if (this.options.standbyDir) await rm(this.options.standbyDir, { recursive: true, force: true }).catch(() => undefined);
   }
 
-  private claimStandby(slot: Slot): Standby | undefined {
+  /** The slot's pre-started trainer once it is ready (its folder may move only then), or undefined: start cold. */
+  private async claimStandby(slot: Slot): Promise<Standby | undefined> {
     const standby = this.standbys.get(slot.index);
     if (standby === undefined || standby === 'starting' || standby.ended) return undefined;
     this.standbys.delete(slot.index);
-    return standby;
+    if (await standby.ready) return standby;
+    standby.phase.stop();
+    return undefined;
   }
 
   private async startStandby(slot: Slot): Promise<Standby> {
@@ -513,7 +521,20 @@ export class ProcessRunner extends EventEmitter {
     const active: ActiveRun = { children: new Set() };
     const supervisorArgs = [join(this.options.harnessDir, 'supervise.py'), '--spec', folder.spec, '--standby'];
     const phase = this.startPhase(active, this.options.python, supervisorArgs, folder, { cwd: folder.root, env: this.hostEnv(), resultFd: 1, stdin: true });
-    const standby: Standby = { folder, trainerArgv: spec.trainer_argv, trainerEnv: spec.trainer_env, active, phase, ended: false };
+    const ready = new Promise<boolean>((resolve) => {
+      const marker = join(folder.root, 'ready');
+      const poll = setInterval(() => {
+        if (existsSync(marker)) settle(true);
+      }, STANDBY_POLL_MS);
+      const giveUp = setTimeout(() => settle(false), this.options.budget.startupAllowance * 1000);
+      const settle = (value: boolean) => {
+        clearInterval(poll);
+        clearTimeout(giveUp);
+        resolve(value);
+      };
+      void phase.exit.then(() => settle(false));
+    });
+    const standby: Standby = { folder, trainerArgv: spec.trainer_argv, trainerEnv: spec.trainer_env, active, phase, ended: false, ready };
     // Unclaimed when it ends (the server stopped it, its trainer failed to start): nothing to keep.
     void phase.exit.then(() => {
       if (existsSync(folder.root)) return rm(folder.root, { recursive: true, force: true });
