@@ -13,6 +13,7 @@ import { countTokens } from 'gpt-tokenizer/encoding/o200k_base';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, hostname, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { constantEdit, constantNumber, entryFor } from '../dist/agent/plan.js';
 import { createWorkspace } from '../dist/core/init.js';
 
 const ROOT = resolve(import.meta.dirname, '..');
@@ -82,7 +83,6 @@ await call('setup', 'commit_or_revert', { experiment_id: baseline.experiment.id 
 const noise = await call('setup', 'measure_noise', {});
 for (const e of noise.experiments) await waitFinished('setup', e.id);
 
-const constantLine = (text, name) => new RegExp(`^${name}\\s*=\\s*([^#\\n]+?)\\s*(#.*)?$`, 'm').exec(text);
 let knownText = null;
 let knownHash = null;
 const decisions = {};
@@ -94,14 +94,14 @@ for (let i = 0; i < CYCLES; i++) {
   if (read.text !== null && read.text !== undefined) knownText = read.text;
   knownHash = read.hash;
   const idea = IDEAS[i % IDEAS.length];
-  const line = constantLine(knownText, idea.name);
-  const value = Number(line[1]);
+  const entry = entryFor(knownText, idea.name, 'smoke');
+  const value = constantNumber(knownText, idea.name, entry);
   const next = String(+(value * idea.factor).toPrecision(3));
   const patched = await call(phase, 'apply_patch', {
-    edits: [{ search: line[0], replace: line[0].replace(line[1], next) }],
+    edits: [constantEdit(knownText, idea.name, next, entry)],
     expected_hash: knownHash,
   });
-  const queued = await call(phase, 'run_experiment', { description: `${idea.name} ${line[1]} -> ${next}` });
+  const queued = await call(phase, 'run_experiment', { description: `${idea.name} ${value} -> ${next}` });
   const finished = await waitFinished(phase, queued.experiment.id);
   const decided = await call(phase, 'commit_or_revert', { experiment_id: finished.id });
   let decision = decided.decision ?? decided.verdict;

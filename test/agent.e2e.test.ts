@@ -4,7 +4,7 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { tryOneIdea } from '../examples/scripted-client.js';
-import { constantEdit, constantNumber, parsePlan, PlanError, sweepPlan, trainConstants } from '../src/agent/plan.js';
+import { constantEdit, constantNumber, entryFor, parsePlan, PlanError, sweepPlan, trainConstants } from '../src/agent/plan.js';
 import { CLI, makeWorkspace, queryState, ROOT, expectSucceeded } from './helpers.js';
 
 const TRAIN = readFileSync(join(ROOT, 'python', 'train.py'), 'utf8');
@@ -37,7 +37,9 @@ describe('plans and sweeps (parsing)', () => {
     expect(constantNumber('MATRIX_LR = 0.04   # Muon\n', 'MATRIX_LR')).toBe(0.04);
     expect(() => constantNumber(line, 'DEPTH')).toThrow(/DEPTH is not a number/);
     expect(() => constantNumber(line, 'NOPE')).toThrow(/no module constant NOPE/);
-    for (const name of ['DEPTH', 'MODEL_DIM', 'DEVICE_BATCH', 'TOTAL_BATCH']) expect(constantNumber(TRAIN, name, 'cpu')).toBeGreaterThan(0);
+    for (const name of ['DEPTH', 'MODEL_DIM', 'DEVICE_BATCH', 'TOTAL_BATCH', 'MATRIX_LR']) expect(constantNumber(TRAIN, name, 'cpu')).toBeGreaterThan(0);
+    expect(entryFor(`${line}\nSOFTCAP = 15.0\n`, 'DEPTH', 'cpu')).toBe('cpu');
+    expect(entryFor(`${line}\nSOFTCAP = 15.0\n`, 'SOFTCAP', 'cpu')).toBeUndefined();
   });
 
   it('parses YAML and JSON plans into Python literals', () => {

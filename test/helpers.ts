@@ -7,7 +7,7 @@ import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createWorkspace, type Profile } from '../src/core/init.js';
-import { constantEdit, constantNumber } from '../src/agent/plan.js';
+import { constantEdit, constantNumber, entryFor } from '../src/agent/plan.js';
 
 export const ROOT = resolve(import.meta.dirname, '..');
 export const CLI = join(ROOT, 'dist', 'cli.js');
@@ -145,7 +145,11 @@ export function expectSucceeded(experiment: Record<string, any>): void {
   expect(experiment.status, `experiment ${experiment.id ?? '?'} ("${experiment.description ?? ''}") ended ${experiment.status}: ${experiment.error ?? 'no error recorded'}`).toBe('succeeded');
 }
 
-/** The search/replace edit that gives a numeric constant of train.py a value computed from its current one. */
-export function changeConstant(text: string, name: string, value: (current: number) => string): { search: string; replace: string } {
-  return constantEdit(text, name, value(constantNumber(text, name)));
+/**
+ * The search/replace edit that gives a numeric constant of train.py a value computed from its
+ * current one; for a per-profile constant ({"gpu": ..., "cpu": ...}[PROFILE]), the entry of `profile`.
+ */
+export function changeConstant(text: string, name: string, value: (current: number) => string, profile?: Profile): { search: string; replace: string } {
+  const entry = profile === undefined ? undefined : entryFor(text, name, profile);
+  return constantEdit(text, name, value(constantNumber(text, name, entry)), entry);
 }

@@ -49,7 +49,7 @@ describe('full research loop over stdio (cpu profile, real training)', () => {
   // below is one that moves it far more (learning rates cut a thousandfold all but stop learning).
   it('discards a handicap by the noise rule, and keeps one by request', async () => {
     handicapped = await patchAndRun(server, 'handicap: learning rates / 1000', (text) =>
-      ['MATRIX_LR', 'EMBED_LR', 'HEAD_LR'].map((name) => changeConstant(text, name, (v) => String(v / 1000))),
+      ['MATRIX_LR', 'EMBED_LR', 'HEAD_LR'].map((name) => changeConstant(text, name, (v) => String(v / 1000), 'cpu')),
     );
     expectSucceeded(handicapped);
     expect(handicapped.val_bpb).toBeGreaterThan(baseline.val_bpb);
@@ -75,7 +75,7 @@ describe('full research loop over stdio (cpu profile, real training)', () => {
 
   it('discards a change that raises val_bpb; train.py is already back at the head', async () => {
     const regressed = await patchAndRun(server, 'learning rates far too low', (text) =>
-      ['MATRIX_LR', 'EMBED_LR', 'HEAD_LR'].map((name) => changeConstant(text, name, (v) => String(v / 10000))),
+      ['MATRIX_LR', 'EMBED_LR', 'HEAD_LR'].map((name) => changeConstant(text, name, (v) => String(v / 10000), 'cpu')),
     );
     expectSucceeded(regressed);
     expect(regressed.val_bpb).toBeGreaterThan(improved.val_bpb);

@@ -2,6 +2,7 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { constantNumber } from '../src/agent/plan.js';
 import { changeConstant, CLI, connect, fails, makeWorkspace, ok, queryState, waitFinished, waitUntil, type Connected, expectSucceeded } from './helpers.js';
 
 /** Parallel research on one node: several candidates against one head, several agents, several slots. */
@@ -54,7 +55,7 @@ describe('two agents over HTTP, two CPU slots, one head (smoke profile)', () => 
     const handicap = await ok(alice, 'run_experiment', {
       description: 'learning rates / 1000',
       agent: 'alice',
-      edits: ['MATRIX_LR', 'EMBED_LR', 'HEAD_LR'].map((name) => changeConstant(text, name, (v) => String(v / 1000))),
+      edits: ['MATRIX_LR', 'EMBED_LR', 'HEAD_LR'].map((name) => changeConstant(text, name, (v) => String(v / 1000), 'smoke')),
     });
     expect(handicap.restored_train_py).toBe(false);
     expectSucceeded((await waitFinished(alice, handicap.experiment.id)));
@@ -65,7 +66,7 @@ describe('two agents over HTTP, two CPU slots, one head (smoke profile)', () => 
     const headText = (await ok(alice, 'read_train_py', { experiment_id: queryState(workspace, "SELECT id FROM experiments WHERE description = 'learning rates / 1000'")[0].id })).text;
     const working = (await ok(bob, 'read_train_py')).hash;
     // Two real gains over the handicap (the learning rates restored), each with its own extra.
-    const restore = ['MATRIX_LR', 'EMBED_LR', 'HEAD_LR'].map((name) => changeConstant(headText, name, (v) => String(+(v * 1000).toPrecision(6))));
+    const restore = ['MATRIX_LR', 'EMBED_LR', 'HEAD_LR'].map((name) => changeConstant(headText, name, (v) => String(+(v * 1000).toPrecision(6)), 'smoke'));
     const withWarmdown = [...restore, changeConstant(headText, 'WARMDOWN_FRAC', () => '0.4')];
     const a = await ok(alice, 'run_experiment', { description: 'LRs back up, warm-down 0.4', agent: 'alice', edits: withWarmdown });
     expect(await fails(bob, 'run_experiment', { description: 'same idea', agent: 'bob', edits: withWarmdown })).toMatch(
@@ -110,7 +111,7 @@ describe('two agents over HTTP, two CPU slots, one head (smoke profile)', () => 
     // The re-run carries both changes: the kept one (its parent) and the superseded one.
     const text = (await ok(alice, 'read_train_py', { experiment_id: rerun })).text;
     const value = (constant: string) => Number(new RegExp(`^${constant}\\s*=\\s*([^#\\n]+?)\\s*(#|$)`, 'm').exec(text)?.[1]);
-    expect(value('MATRIX_LR')).toBeGreaterThan(0.015);
+    expect(constantNumber(text, 'MATRIX_LR', 'smoke')).toBeGreaterThan(0.015);
     expect(value('EMBED_LR')).toBeGreaterThan(0.5);
     expect([value('WARMDOWN_FRAC'), value('SOFTCAP')]).toEqual([0.4, 20]);
   }, 300_000);
@@ -119,7 +120,7 @@ describe('two agents over HTTP, two CPU slots, one head (smoke profile)', () => 
     const handicap = queryState(workspace, "SELECT id FROM experiments WHERE description = 'learning rates / 1000'")[0].id;
     const back = await ok(alice, 'undo', { to: handicap, reason: 'start the parallel round again from the handicap' });
     const headText = (await ok(alice, 'read_train_py', { experiment_id: handicap })).text;
-    const restore = ['MATRIX_LR', 'EMBED_LR', 'HEAD_LR'].map((name) => changeConstant(headText, name, (v) => String(+(v * 1000).toPrecision(6))));
+    const restore = ['MATRIX_LR', 'EMBED_LR', 'HEAD_LR'].map((name) => changeConstant(headText, name, (v) => String(+(v * 1000).toPrecision(6)), 'smoke'));
     const fast = await ok(alice, 'run_experiment', { description: 'LRs back up, warm-down 0.45', agent: 'alice', edits: [...restore, changeConstant(headText, 'WARMDOWN_FRAC', () => '0.45')] });
     // A slow start-up (inside the start-up allowance, before the training clock) keeps it running past the keep.
     const anchor = SOFTCAP.exec(headText)?.[0] as string;

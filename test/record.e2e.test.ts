@@ -3,19 +3,14 @@ import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js'
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { constantEdit, trainConstants } from '../src/agent/plan.js';
 import { Workspace } from '../src/core/workspace.js';
 import { CLI, call, closeServer, connect, fails, makeWorkspace, ok, pidAlive, queryState, waitFinished, waitUntil, type Connected, expectSucceeded } from './helpers.js';
 
 /** One constant of train.py changed through a search/replace edit. */
-function setConstant(text: string, name: string, value: string) {
-  const line = new RegExp(`^${name}\\s*=\\s*([^#\\n]+?)\\s*(#.*)?$`, 'm').exec(text);
-  if (!line) throw new Error(`train.py has no constant ${name}`);
-  return { search: line[0], replace: line[0].replace(line[1], value) };
-}
-
 async function patch(client: Client, name: string, value: string, extra: Record<string, unknown> = {}) {
   const source = extra.base_experiment ? await ok(client, 'read_train_py', { experiment_id: extra.base_experiment }) : await ok(client, 'read_train_py');
-  return ok(client, 'apply_patch', { edits: [setConstant(source.text, name, value)], expected_hash: source.hash, ...extra });
+  return ok(client, 'apply_patch', { edits: [constantEdit(source.text, name, value)], expected_hash: source.hash, ...extra });
 }
 
 /** Every commit on the session branch since its start is exactly one experiment's measured change from its parent. */
@@ -74,7 +69,7 @@ describe('the research record (smoke profile, real runs)', () => {
     expect(first.figures.rule).toBe('baseline');
 
     await patch(client, 'MATRIX_LR', '0.01');
-    const a = await ok(client, 'run_experiment', { description: 'A: MATRIX_LR 0.02 -> 0.01' });
+    const a = await ok(client, 'run_experiment', { description: 'A: MATRIX_LR -> 0.01' });
     expect(a.restored_train_py).toBe(true);
     expect((await ok(client, 'read_train_py')).text).toBe(main);
     expect(a.experiment.change_kind).toBe('code');
@@ -84,7 +79,8 @@ describe('the research record (smoke profile, real runs)', () => {
     bId = b.experiment.id;
     expect(b.experiment.parent_commit).toBe(a.experiment.parent_commit);
     const bText = (await ok(client, 'read_train_py', { experiment_id: bId })).text as string;
-    expect(bText).toMatch(/^MATRIX_LR = 0\.02/m);
+    const matrixLr = (text: string) => trainConstants(text).get('MATRIX_LR')?.line;
+    expect(matrixLr(bText)).toBe(matrixLr(main));
     expect(bText).toMatch(/^WARMDOWN_FRAC = 0\.3/m);
 
     await waitFinished(client, a.experiment.id);
@@ -93,7 +89,7 @@ describe('the research record (smoke profile, real runs)', () => {
     const kept = await ok(client, 'commit_or_revert', { experiment_id: bId, action: 'keep' });
     expect(kept.decision).toBe('keep');
     const headText = (await ok(client, 'read_train_py')).text as string;
-    expect(headText).toMatch(/^MATRIX_LR = 0\.02/m);
+    expect(matrixLr(headText)).toBe(matrixLr(main));
     expect(headText).toMatch(/^WARMDOWN_FRAC = 0\.3/m);
     expect(await expectBranchInvariant(workspace, 'ab')).toHaveLength(2);
   }, 240_000);
@@ -313,7 +309,7 @@ describe('crash repair and the server lock (smoke profile)', () => {
   it('killed before the branch moved: the keep is abandoned and the experiment can be decided again', async () => {
     const server = await connect(workspace);
     const current = await ok(server.client, 'read_train_py');
-    await ok(server.client, 'apply_patch', { edits: [setConstant(current.text, 'NS_STEPS', '4')] });
+    await ok(server.client, 'apply_patch', { edits: [constantEdit(current.text, 'NS_STEPS', '4')] });
     const run = await ok(server.client, 'run_experiment', { description: 'NS 4' });
     await waitFinished(server.client, run.experiment.id);
     const head = (await ok(server.client, 'status')).head;
@@ -392,7 +388,7 @@ describe('auto before and after the noise floor, with confirmation runs (smoke p
     expect((await ok(client, 'commit_or_revert', { experiment_id: baseline.experiment.id })).decision).toBe('keep');
 
     await patch(client, 'MATRIX_LR', '0.03');
-    const run = await ok(client, 'run_experiment', { description: 'MATRIX_LR 0.02 -> 0.03' });
+    const run = await ok(client, 'run_experiment', { description: 'MATRIX_LR -> 0.03' });
     await waitFinished(client, run.experiment.id);
     const early = await ok(client, 'commit_or_revert', { experiment_id: run.experiment.id });
     expect(early.decision).toBe('inconclusive');

@@ -83,6 +83,14 @@ export function constantEdit(source: string, name: string, pythonValue: string, 
   return { search: constant.line, replace: constant.withValue(constant.value.replace(entry, `$1${pythonValue}$3`)) };
 }
 
+/**
+ * Which entry an edit of `name` for `profile` changes: `profile` when the constant holds one value
+ * per profile ({"gpu": 8, "cpu": 1, "smoke": 2}[PROFILE]), undefined when it holds one value.
+ */
+export function entryFor(source: string, name: string, profile: string): string | undefined {
+  return trainConstants(source).get(name)?.value.trim().startsWith('{') ? profile : undefined;
+}
+
 /** One profile's entry of a per-profile constant ({"gpu": 8, "cpu": 1, "smoke": 2}[PROFILE]): key, value, what follows. */
 function profileEntry(profile: string): RegExp {
   return new RegExp(`("${profile}"\\s*:\\s*)([^,}]+?)(\\s*[,}])`);
