@@ -15,12 +15,12 @@ the last byte of the `handover` payload (<= time_budget + budget_slack); export 
 last byte of the `model` payload (<= export_allowance). A trainer that stops talking is still
 killed on time: the loop never blocks longer than POLL_S.
 
-Pre-started (`--standby`): the trainer (prestart.py, which imports torch, says `ready`, and waits)
-is started before the run is known; the supervisor marks it ready with the file `ready` beside
-the standby's spec, then waits for one line `go PATH` on its stdin, reads the
-run's spec from PATH (its trainer_argv must be the one already started), sends the trainer `go`
-with the run's seed, and supervises as usual, with startup measured from that moment. Stdin
-closing first, or the trainer ending while it waits, ends the standby without a report (exit 3).
+Pre-started (`--standby`): the trainer (prestart.py, which imports torch, says `ready`, and
+waits) is started before the run is known; the supervisor marks it ready with the file `ready`
+beside the standby's spec, then waits for one line `go PATH` on its stdin, reads the run's spec
+from PATH (its trainer_argv must be the one already started), sends the trainer `go` with the
+run's seed, and supervises as usual, with startup measured from that moment. Stdin closing
+first, or the trainer ending while it waits, ends the standby without a report (exit 3).
 
 Killing: SIGKILL to the trainer's process group. Sandboxed, that is bwrap's group, and bwrap's
 --die-with-parent and --unshare-pid end everything inside. Unsandboxed, a process that left the
@@ -319,6 +319,8 @@ class Standby:
         return os.fsdecode(path)
 
     def end(self) -> None:
+        if self.proc.returncode is not None:
+            return      # already reaped: its pid, and so its group id, may be someone else's now
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
