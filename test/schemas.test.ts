@@ -1,5 +1,6 @@
 import { Ajv } from 'ajv';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { nullsAsOmitted, portableInputSchema } from '../src/tools/define.js';
 import { connect, makeWorkspace, type Connected } from './helpers.js';
 
 type Schema = Record<string, any>;
@@ -92,5 +93,35 @@ describe('tool input schemas every provider accepts (tools/list of the real serv
     expect((nulls.structuredContent as { experiments: unknown[] }).experiments).toBeInstanceOf(Array);
     const requiredNull = await server.client.callTool({ name: 'get_run_log', arguments: { experiment_id: null } });
     expect(requiredNull.isError).toBe(true);
+  });
+});
+
+describe('portable input schemas and null arguments (pure)', () => {
+  it('makes each optional argument nullable, keeping its description and default outside', () => {
+    const schema = portableInputSchema({
+      $schema: 'https://json-schema.org/draft/2020-12/schema',
+      type: 'object',
+      properties: {
+        id: { type: 'integer', exclusiveMinimum: 0, maximum: Number.MAX_SAFE_INTEGER },
+        limit: { type: 'integer', default: 20, description: 'rows', minimum: 1 },
+      },
+      required: ['id'],
+    });
+    expect(schema).toEqual({
+      type: 'object',
+      properties: {
+        id: { type: 'integer', minimum: 1 },
+        limit: { anyOf: [{ type: 'integer', minimum: 1 }, { type: 'null' }], description: 'rows', default: 20 },
+      },
+      required: ['id'],
+      additionalProperties: false,
+    });
+  });
+
+  it('drops null only for optional arguments, and nothing else', () => {
+    const optional = new Set(['limit', 'format']);
+    expect(nullsAsOmitted({ id: 3, limit: null, format: 'tsv' }, optional)).toEqual({ id: 3, format: 'tsv' });
+    expect(nullsAsOmitted({ id: null, limit: 0 }, optional)).toEqual({ id: null, limit: 0 });
+    expect(nullsAsOmitted(undefined, optional)).toBeUndefined();
   });
 });
