@@ -43,14 +43,16 @@ export interface RunFolderContents {
 
 /**
  * Writes R/code (read-only files), R/handover and, unsandboxed, R/scratch and R/data. Anything
- * a previous attempt left there is removed first; the log is kept (it is appended to). R/code
- * itself stays: a pre-started trainer's sandbox has it bound already, and sees what is written.
+ * a previous attempt left there is removed first; the log is kept (it is appended to). R/code and
+ * R/handover themselves stay (emptied): a pre-started trainer's and evaluator's sandboxes have them
+ * bound already, and see what is written there.
  */
 export async function writeRunFolder(folder: RunFolder, contents: RunFolderContents): Promise<void> {
-  await Promise.all([folder.scratch, folder.handover, folder.data, folder.spec].map((path) => rm(path, { recursive: true, force: true })));
-  await mkdir(folder.code, { recursive: true });
-  await Promise.all((await readdir(folder.code)).map((name) => rm(join(folder.code, name), { recursive: true, force: true })));
-  await mkdir(folder.handover, { recursive: true });
+  await Promise.all([folder.scratch, folder.data, folder.spec].map((path) => rm(path, { recursive: true, force: true })));
+  for (const dir of [folder.code, folder.handover]) {
+    await mkdir(dir, { recursive: true });
+    await Promise.all((await readdir(dir)).map((name) => rm(join(dir, name), { recursive: true, force: true })));
+  }
   await writeFile(join(folder.code, 'train.py'), contents.trainPy, { mode: 0o444 });
   await writeFile(join(folder.code, 'prepare.py'), contents.preparePy, { mode: 0o444 });
   if (!contents.sandboxed) {

@@ -302,8 +302,9 @@ export function readLogTail(path: string, bytes = LOG_TAIL_BYTES): string {
 
 /**
  * A slot's pre-started trainer: `supervise.py --standby` and, under it, prestart.py in the trainer
- * sandbox, waiting in its own folder. A run claims it by renaming the folder to the run's (the
- * sandbox's binds and the open log follow the folder) and sending `go SPEC`.
+ * sandbox, with its evaluator (evaluate.py --wait), waiting in their own folder. A run claims them
+ * by renaming the folder to the run's (the sandboxes' binds and the open log follow the folder)
+ * and sending `go SPEC` to the supervisor.
  */
 interface Standby {
   folder: RunFolder;
@@ -313,7 +314,10 @@ interface Standby {
   /** The run's process set from the start, so that a run that claims it can stop it. */
   active: ActiveRun;
   phase: StartedPhase;
+  /** Its evaluator, started with it: its torch import is not left to overlap the run's training. */
+  evaluator: StartedPhase;
   ended: boolean;
+  claimed: boolean;
   /** Settles true once its trainer has imported torch (the supervisor's `ready` file), false if it ended first. */
   ready: Promise<boolean>;
 }
@@ -457,7 +461,9 @@ export class ProcessRunner extends EventEmitter {
         stopTail();
       }
     } finally {
-      standby?.phase.stop();   // claimed but never told to go (refused, cancelled): it ends unused
+      // Claimed but never told to go (refused, cancelled): both end unused.
+      standby?.phase.stop();
+      standby?.evaluator.stop();
       this.active.delete(request.experimentId);
       await cleanRunFolder(folder).catch(() => undefined);
       this.prestart(request.slot);
@@ -477,6 +483,7 @@ export class ProcessRunner extends EventEmitter {
       (standby) => {
         if (this.standbys.get(slot.index) !== 'starting' || this.closed) {
           standby.phase.stop();
+          standby.evaluator.stop();
           return;
         }
         this.standbys.set(slot.index, standby);
@@ -496,8 +503,11 @@ export class ProcessRunner extends EventEmitter {
     this.closed = true;
     const waiting = [...this.standbys.values()].filter((s): s is Standby => s !== 'starting');
     this.standbys.clear();
-    for (const standby of waiting) standby.phase.stop();
-    await Promise.all(waiting.map((standby) => standby.phase.exit));
+    for (const standby of waiting) {
+      standby.phase.stop();
+      standby.evaluator.stop();
+    }
+    await Promise.all(waiting.flatMap((standby) => [standby.phase.exit, standby.evaluator.exit]));
     if (this.options.standbyDir) await rm(this.options.standbyDir, { recursive: true, force: true }).catch(() => undefined);
   }
 
@@ -506,21 +516,26 @@ export class ProcessRunner extends EventEmitter {
     const standby = this.standbys.get(slot.index);
     if (standby === undefined || standby === 'starting' || standby.ended) return undefined;
     this.standbys.delete(slot.index);
-    if (await standby.ready) return standby;
+    if (await standby.ready) {
+      standby.claimed = true;
+      return standby;
+    }
     standby.phase.stop();
+    standby.evaluator.stop();
     return undefined;
   }
 
   private async startStandby(slot: Slot): Promise<Standby> {
     const standbyDir = this.options.standbyDir as string;
     const folder = runFolder(join(standbyDir, `${slot.index}-${randomBytes(4).toString('hex')}`));
-    await mkdir(folder.code, { recursive: true });
+    await Promise.all([mkdir(folder.code, { recursive: true }), mkdir(folder.handover, { recursive: true })]);
     const { facts, python } = await this.hostLayout();
     const spec = this.spec(folder, slot, DEFAULT_SEED, facts, python, join(this.options.harnessDir, 'prestart.py'));
     await writeSpec(folder, spec);
     const active: ActiveRun = { children: new Set() };
     const supervisorArgs = [join(this.options.harnessDir, 'supervise.py'), '--spec', folder.spec, '--standby'];
     const phase = this.startPhase(active, this.options.python, supervisorArgs, folder, { cwd: folder.root, env: this.hostEnv(), resultFd: 1, stdin: true });
+    const evaluator = this.startEvaluator(active, folder, slot, facts, python);
     const ready = new Promise<boolean>((resolve) => {
       const marker = join(folder.root, 'ready');
       const poll = setInterval(() => {
@@ -534,11 +549,16 @@ export class ProcessRunner extends EventEmitter {
       };
       void phase.exit.then(() => settle(false));
     });
-    const standby: Standby = { folder, trainerArgv: spec.trainer_argv, trainerEnv: spec.trainer_env, active, phase, ended: false, ready };
+    const standby: Standby = { folder, trainerArgv: spec.trainer_argv, trainerEnv: spec.trainer_env, active, phase, evaluator, ended: false, claimed: false, ready };
     // Unclaimed when it ends (the server stopped it, its trainer failed to start): nothing to keep.
-    void phase.exit.then(() => {
-      if (existsSync(folder.root)) return rm(folder.root, { recursive: true, force: true });
-    }).catch(() => undefined);
+    void phase.exit
+      .then(async () => {
+        if (standby.claimed) return;
+        evaluator.stop();
+        await evaluator.exit;
+        await rm(folder.root, { recursive: true, force: true });
+      })
+      .catch(() => undefined);
     return standby;
   }
 
@@ -553,15 +573,9 @@ export class ProcessRunner extends EventEmitter {
     standby: Standby | undefined,
   ): Promise<RunOutcome> {
     // ---- phase 2's process starts first: evaluate.py waits beside the trainer for "go", so that
-    // its interpreter and torch import are not between the hand-over and the result ----
-    const evalSeed = randomInt(1, 2 ** 31 - 1);
-    const evaluation = this.evaluatorCommand(folder, request.slot, evalSeed, facts, python);
-    const evaluator = this.startPhase(active, evaluation.command, [...evaluation.args, '--wait'], folder, {
-      cwd: folder.root,
-      env: this.sandboxed ? {} : evaluation.env,
-      resultFd: 3,
-      stdin: true,
-    });
+    // its interpreter and torch import are not between the hand-over and the result (a
+    // pre-started trainer comes with its evaluator, started with it) ----
+    const evaluator = standby?.evaluator ?? this.startEvaluator(active, folder, request.slot, facts, python);
     try {
       return await this.supervisedThenEvaluated(folder, active, onStart, base, evaluator, standby, request.slot);
     } finally {
@@ -569,6 +583,17 @@ export class ProcessRunner extends EventEmitter {
       evaluator.stop();
       await evaluator.exit;
     }
+  }
+
+  /** evaluate.py --wait in its sandbox, with a seed drawn now: it scores the hand-over only after `go`. */
+  private startEvaluator(active: ActiveRun, folder: RunFolder, slot: Slot, facts: HostFacts, python: PythonLayout): StartedPhase {
+    const evaluation = this.evaluatorCommand(folder, slot, randomInt(1, 2 ** 31 - 1), facts, python);
+    return this.startPhase(active, evaluation.command, [...evaluation.args, '--wait'], folder, {
+      cwd: folder.root,
+      env: this.sandboxed ? {} : evaluation.env,
+      resultFd: 3,
+      stdin: true,
+    });
   }
 
   private async supervisedThenEvaluated(
