@@ -83,15 +83,16 @@ class Run:
         self.report, self.returncode, self.stderr, self.log, self.handover = report, returncode, stderr, log, handover
 
 
-def supervise(tmp_path, data_dir, script, argv_prefix=(), env=None, timeout=60, **spec):
-    """Writes script, runs supervise.py on it, returns a Run."""
+def trainer_spec(tmp_path, data_dir, script, argv_prefix=(), env=None, launcher=(), **spec):
+    """Writes script as the trainer; returns the spec that runs it: `argv_prefix` before
+    `python3 -u`, `launcher` between that and the script."""
     path = tmp_path / "trainer.py"
     path.write_text(textwrap.dedent(script), encoding="utf-8")
     env_all = {"PATH": "/usr/bin:/bin", "PYTHONPATH": PYTHON_DIR, "AUTORESEARCH_DATA_DIR": data_dir,
                "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     env_all.update(env or {})
     full = {
-        "trainer_argv": [*argv_prefix, PYTHON, "-u", str(path)],
+        "trainer_argv": [*argv_prefix, PYTHON, "-u", *launcher, str(path)],
         "trainer_env": env_all,
         "log_path": str(tmp_path / "run.log"),
         "data_dir": data_dir,
@@ -102,6 +103,12 @@ def supervise(tmp_path, data_dir, script, argv_prefix=(), env=None, timeout=60, 
         "max_batch_tokens": 1 << 16,
     }
     full.update(spec)
+    return full
+
+
+def supervise(tmp_path, data_dir, script, argv_prefix=(), env=None, timeout=60, **spec):
+    """Writes script, runs supervise.py on it, returns a Run."""
+    full = trainer_spec(tmp_path, data_dir, script, argv_prefix, env, **spec)
     (tmp_path / "spec.json").write_text(json.dumps(full))
     proc = subprocess.run([PYTHON, SUPERVISE_PY, "--spec", str(tmp_path / "spec.json")],
                           capture_output=True, text=True, timeout=timeout)
@@ -527,21 +534,7 @@ PRESTART_PY = os.path.join(PYTHON_DIR, "prestart.py")
 
 def standby(tmp_path, data_dir, script, **spec):
     """Starts `supervise.py --standby` on a prestart.py trainer; returns (process, spec dict)."""
-    path = tmp_path / "trainer.py"
-    path.write_text(textwrap.dedent(script), encoding="utf-8")
-    full = {
-        "trainer_argv": [PYTHON, "-u", PRESTART_PY, str(path)],
-        "trainer_env": {"PATH": "/usr/bin:/bin", "PYTHONPATH": PYTHON_DIR, "AUTORESEARCH_DATA_DIR": data_dir,
-                        "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"},
-        "log_path": str(tmp_path / "run.log"),
-        "data_dir": data_dir,
-        "scratch_host": str(tmp_path),
-        "handover_dir": str(tmp_path / "handover"),
-        "seed": 42, "time_budget": 1.0, "budget_slack": 0.2,
-        "startup_allowance": 20, "export_allowance": 20,
-        "max_batch_tokens": 1 << 16,
-    }
-    full.update(spec)
+    full = trainer_spec(tmp_path, data_dir, script, launcher=[PRESTART_PY], **spec)
     (tmp_path / "standby.json").write_text(json.dumps(full))
     proc = subprocess.Popen([PYTHON, SUPERVISE_PY, "--spec", str(tmp_path / "standby.json"), "--standby"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
