@@ -316,10 +316,15 @@ interface Standby {
   phase: StartedPhase;
   /** Its evaluator, started with it: its torch import is not left to overlap the run's training. */
   evaluator: StartedPhase;
-  ended: boolean;
   claimed: boolean;
   /** Settles true once its trainer has imported torch (the supervisor's `ready` file), false if it ended first. */
   ready: Promise<boolean>;
+}
+
+/** Kills a standby's supervisor (its trainer dies with it) and its evaluator; no-ops once they ended. */
+function stopStandby(standby: Standby): void {
+  standby.phase.stop();
+  standby.evaluator.stop();
 }
 
 interface ActiveRun {
@@ -462,8 +467,7 @@ export class ProcessRunner extends EventEmitter {
       }
     } finally {
       // Claimed but never told to go (refused, cancelled): both end unused.
-      standby?.phase.stop();
-      standby?.evaluator.stop();
+      if (standby) stopStandby(standby);
       this.active.delete(request.experimentId);
       await cleanRunFolder(folder).catch(() => undefined);
       this.prestart(request.slot);
@@ -482,13 +486,11 @@ export class ProcessRunner extends EventEmitter {
     this.startStandby(slot).then(
       (standby) => {
         if (this.standbys.get(slot.index) !== 'starting' || this.closed) {
-          standby.phase.stop();
-          standby.evaluator.stop();
+          stopStandby(standby);
           return;
         }
         this.standbys.set(slot.index, standby);
         void standby.phase.exit.then(() => {
-          standby.ended = true;
           if (this.standbys.get(slot.index) === standby) this.standbys.delete(slot.index);
         });
       },
@@ -503,10 +505,7 @@ export class ProcessRunner extends EventEmitter {
     this.closed = true;
     const waiting = [...this.standbys.values()].filter((s): s is Standby => s !== 'starting');
     this.standbys.clear();
-    for (const standby of waiting) {
-      standby.phase.stop();
-      standby.evaluator.stop();
-    }
+    for (const standby of waiting) stopStandby(standby);
     await Promise.all(waiting.flatMap((standby) => [standby.phase.exit, standby.evaluator.exit]));
     if (this.options.standbyDir) await rm(this.options.standbyDir, { recursive: true, force: true }).catch(() => undefined);
   }
@@ -514,14 +513,13 @@ export class ProcessRunner extends EventEmitter {
   /** The slot's pre-started trainer once it is ready (its folder may move only then), or undefined: start cold. */
   private async claimStandby(slot: Slot): Promise<Standby | undefined> {
     const standby = this.standbys.get(slot.index);
-    if (standby === undefined || standby === 'starting' || standby.ended) return undefined;
+    if (standby === undefined || standby === 'starting') return undefined;
     this.standbys.delete(slot.index);
     if (await standby.ready) {
       standby.claimed = true;
       return standby;
     }
-    standby.phase.stop();
-    standby.evaluator.stop();
+    stopStandby(standby);
     return undefined;
   }
 
@@ -549,7 +547,7 @@ export class ProcessRunner extends EventEmitter {
       };
       void phase.exit.then(() => settle(false));
     });
-    const standby: Standby = { folder, trainerArgv: spec.trainer_argv, trainerEnv: spec.trainer_env, active, phase, evaluator, ended: false, claimed: false, ready };
+    const standby: Standby = { folder, trainerArgv: spec.trainer_argv, trainerEnv: spec.trainer_env, active, phase, evaluator, claimed: false, ready };
     // Unclaimed when it ends (the server stopped it, its trainer failed to start): nothing to keep.
     void phase.exit
       .then(async () => {
