@@ -121,9 +121,26 @@ def check_progress(log):
     steps = [p[0] for p in progress]
     shares = [p[1] for p in progress]
     assert steps == sorted(steps) and shares == sorted(shares)
-    assert 80.0 <= shares[-1] <= 100.0
+    assert shares[-1] <= 100.0
     assert all(math.isfinite(p[2]) for p in progress)
     return steps
+
+
+def check_stopped_by_budget(log, training_seconds, time_budget):
+    """The loop ended where train.py's stop rule says, not sooner: it stops once the budget used plus
+    twice the slowest of the last 10 steps (the first step excluded) reaches TIME_BUDGET. On a loaded
+    machine a stall makes that margin large and the stop early, so a fixed share of the budget is no
+    test; the margin's upper bound, read from the log, is. Every step slower than LOG_INTERVAL_S is
+    printed with its duration, so a step the log leaves out took less than that."""
+    log_interval = float(re.search(r"^LOG_INTERVAL_S = ([\d.]+)", open(TRAIN_PY, encoding="utf-8").read(),
+                                   re.M).group(1))
+    durations = {int(m.group(1)): float(m.group(2)) / 1000
+                 for m in re.finditer(r"^step\s+(\d+) .*\| dt: (\d+)ms", log, re.M)}
+    last = max(durations)
+    window = range(max(2, last - 9), last + 1)
+    slowest = max([durations[s] for s in window if s in durations]
+                  + [log_interval for s in window if s not in durations], default=0.0)
+    assert training_seconds + 2 * slowest + 0.01 >= time_budget, (training_seconds, slowest, log[-3000:])
 
 
 def check_handover(report, log, handover, data_dir):
@@ -131,8 +148,8 @@ def check_handover(report, log, handover, data_dir):
     c = constants(data_dir)
     assert report["outcome"] == "handed_over", (report, log[-3000:])
     assert report["training_seconds"] <= c["TIME_BUDGET"] + c["BUDGET_SLACK"]
-    assert report["training_seconds"] >= 0.8 * c["TIME_BUDGET"]
     steps = check_progress(log)
+    check_stopped_by_budget(log, report["training_seconds"], c["TIME_BUDGET"])
     summary = parse_summary(log)
     assert [k for k, _ in summary] == SUMMARY_KEYS
     values = {k: float(v) for k, v in summary}
