@@ -67,7 +67,9 @@ def run_train(script, data_dir, workdir, seed=42):
         "trainer_argv": [PYTHON, "-u", script],
         "trainer_env": {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": scratch,
                         "PYTHONPATH": PYTHON_DIR, "AUTORESEARCH_DATA_DIR": data_dir,
-                        "AUTORESEARCH_SEED": str(seed), "PYTHONDONTWRITEBYTECODE": "1"},
+                        "AUTORESEARCH_SEED": str(seed), "PYTHONDONTWRITEBYTECODE": "1",
+                        # the thread settings pass through, as the server passes them (test/run-suite.sh)
+                        **{k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ}},
         "log_path": os.path.join(workdir, "run.log"),
         "data_dir": data_dir,
         "scratch_host": scratch,
