@@ -6,12 +6,12 @@ import { tmpdir } from 'node:os';
 import { basename, dirname, join, relative } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { explainNativeModuleError } from '../src/core/native.js';
-import { CLI, connect, makeWorkspace, ok, PYTHON, queryState, waitFinished } from './helpers.js';
+import { CLI, connect, makeWorkspace, ok, PYTHON, queryState, waitFinished, serverEnv } from './helpers.js';
 
 const cli = (...args: string[]) => execa(process.execPath, [CLI, ...args], { reject: false, timeout: 120_000 });
 /** The CLI with only these variables set (plus PATH and HOME), as an MCP host's "env" block would give it. */
 const cliEnv = (env: Record<string, string>, ...args: string[]) =>
-  execa(process.execPath, [CLI, ...args], { reject: false, timeout: 120_000, extendEnv: false, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp', ...env } });
+  execa(process.execPath, [CLI, ...args], { reject: false, timeout: 120_000, extendEnv: false, env: { ...serverEnv(), ...env } });
 
 describe('command line', () => {
   let workspace: string;

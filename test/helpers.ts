@@ -48,6 +48,17 @@ export interface Connected {
 }
 
 /**
+ * The environment a test gives a server or CLI it starts: PATH and HOME, as a host passes them,
+ * and the OpenMP thread settings test/run-suite.sh makes, which the server passes on to its runs
+ * (left out, each run takes a thread per core and stalls beside the other test lane).
+ */
+export function serverEnv(home = process.env.HOME ?? '/tmp'): Record<string, string> {
+  const env: Record<string, string> = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: home };
+  for (const key of ['OMP_NUM_THREADS', 'MKL_NUM_THREADS']) if (process.env[key] !== undefined) env[key] = process.env[key] as string;
+  return env;
+}
+
+/**
  * Starts the built server as a real process and connects the SDK client over stdio. In-process
  * (--no-daemon): the server and its runs end with the client, and no background lab outlives the
  * test. test/lab-daemon.e2e.test.ts drives the default, attaching serve.
@@ -57,7 +68,7 @@ export async function connect(workspace: string, serverArgs: string[] = [], name
   const transport = new StdioClientTransport({
     command: process.execPath,
     args: [CLI, 'serve', '--workspace', workspace, '--no-daemon', ...serverArgs],
-    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp' },
+    env: serverEnv(),
     stderr: 'pipe',
   });
   let stderr = '';

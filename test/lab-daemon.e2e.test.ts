@@ -4,14 +4,14 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, makeWorkspace, ok, pidAlive, queryState, waitFinished, waitUntil, expectSucceeded } from './helpers.js';
+import { CLI, makeWorkspace, ok, pidAlive, queryState, waitFinished, waitUntil, expectSucceeded, serverEnv } from './helpers.js';
 
 /**
  * The default `serve`: a relay to the workspace's lab, a background process that owns the queue
  * and the runs. Every test here starts real processes; afterAll stops every lab it started.
  */
 
-const ENV = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp' };
+const ENV = serverEnv();
 const TRAIN_LINE = /^SOFTCAP = .*$/m;
 const workspaces: string[] = [];
 

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TOOLS } from '../src/tools/index.js';
-import { ok, PYTHON, ROOT, waitFinished, expectSucceeded } from './helpers.js';
+import { ok, PYTHON, ROOT, waitFinished, expectSucceeded, serverEnv } from './helpers.js';
 
 const PACKAGE = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8'));
 const npm = (args: string[], cwd: string) => execa('npm', [...args, '--no-audit', '--no-fund', '--loglevel=error'], { cwd, timeout: 240_000 });
@@ -75,7 +75,7 @@ describe('the packed tarball, installed', () => {
     expect(init.exitCode, init.stderr).toBe(0);
     expect(readFileSync(join(workspace, 'prepare.py'), 'utf8')).toBe(readFileSync(join(installed, 'python', 'prepare.py'), 'utf8'));
 
-    const transport = new StdioClientTransport({ command: bin, args: ['serve', '--workspace', workspace, '--no-daemon'], env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: tmp }, stderr: 'pipe' });
+    const transport = new StdioClientTransport({ command: bin, args: ['serve', '--workspace', workspace, '--no-daemon'], env: serverEnv(tmp), stderr: 'pipe' });
     client = new Client({ name: 'pack-test', version: '0.0.1' });
     await client.connect(transport);
     expect(client.getServerVersion()?.version).toBe(PACKAGE.version);

@@ -3,11 +3,11 @@ import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { constantNumber } from '../src/agent/plan.js';
-import { changeConstant, CLI, connect, fails, makeWorkspace, ok, queryState, waitFinished, waitUntil, type Connected, expectSucceeded } from './helpers.js';
+import { changeConstant, CLI, connect, fails, makeWorkspace, ok, queryState, waitFinished, waitUntil, type Connected, expectSucceeded, serverEnv } from './helpers.js';
 
 /** Parallel research on one node: several candidates against one head, several agents, several slots. */
 
-const ENV = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp' };
+const ENV = serverEnv();
 const SOFTCAP = /^SOFTCAP = .*$/m;
 
 async function httpClient(url: string, name: string): Promise<Client> {

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { constantEdit, trainConstants } from '../src/agent/plan.js';
 import { Workspace } from '../src/core/workspace.js';
-import { CLI, call, closeServer, connect, fails, makeWorkspace, ok, pidAlive, queryState, waitFinished, waitUntil, type Connected, expectSucceeded } from './helpers.js';
+import { CLI, call, closeServer, connect, fails, makeWorkspace, ok, pidAlive, queryState, waitFinished, waitUntil, type Connected, expectSucceeded, serverEnv } from './helpers.js';
 
 /** One constant of train.py changed through a search/replace edit. */
 async function patch(client: Client, name: string, value: string, extra: Record<string, unknown> = {}) {
@@ -33,7 +33,7 @@ function spawnServer(workspace: string, env: Record<string, string> = {}) {
   const transport = new StdioClientTransport({
     command: process.execPath,
     args: [CLI, 'serve', '--workspace', workspace, '--no-daemon'],
-    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp', ...env },
+    env: { ...serverEnv(), ...env },
     stderr: 'pipe',
   });
   const client = new Client({ name: 'record-e2e', version: '0.0.1' });
