@@ -476,14 +476,11 @@ export class ProcessRunner extends EventEmitter {
 
   /**
    * Starts the slot's pre-started trainer unless it has one (or pre-starting is off): its
-   * interpreter and torch import then happen while the slot is idle or its GPU trains, not between
-   * one run and the next. Failures only mean the next run starts cold.
+   * interpreter and torch import then happen while the slot is idle (or, on a GPU slot, while the
+   * GPU trains), not between one run and the next. Failures only mean the next run starts cold.
    */
   prestart(slot: Slot): void {
     if (this.closed || !this.sandboxed || !this.options.standbyDir || !(`${HARNESS_PIN_PREFIX}prestart.py` in this.options.pins)) return;
-    // GPU slots only: on CPU slots, pre-started runs of the smoke profile went over budget with
-    // first steps of 0.3-1.7 s in clean-clone test runs (cause not found yet), where cold runs did not.
-    if (slot.cudaDevices === undefined) return;
     if (this.standbys.has(slot.index)) return;
     this.standbys.set(slot.index, 'starting');
     this.startStandby(slot).then(
@@ -622,8 +619,10 @@ export class ProcessRunner extends EventEmitter {
         onStart,
       });
     }
-    // A GPU slot's next trainer starts while this one trains: its import takes a spare CPU core, not the GPU.
-    this.prestart(slot);
+    // A GPU slot's next trainer starts while this one trains: its import takes a spare CPU core,
+    // not the GPU. A CPU slot's waits until this run is over (run()), so that it takes no CPU
+    // from a measured budget or an evaluation.
+    if (slot.cudaDevices !== undefined) this.prestart(slot);
     const supervised = await running;
     const finish = (outcome: Partial<RunOutcome> & { status: RunStatus }): RunOutcome => {
       const logTail = readLogTail(folder.log);
