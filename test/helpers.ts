@@ -48,14 +48,19 @@ export interface Connected {
 }
 
 /**
- * The environment a test gives a server or CLI it starts: PATH and HOME, as a host passes them,
- * and the OpenMP thread settings test/run-suite.sh makes, which the server passes on to its runs
- * (left out, each run takes a thread per core and stalls beside the other test lane).
+ * The thread settings test/run-suite.sh makes (OMP_NUM_THREADS, MKL_NUM_THREADS), which a server
+ * passes on to its runs: left out, each run takes a thread per core and stalls beside the other
+ * test lane.
  */
-export function serverEnv(home = process.env.HOME ?? '/tmp'): Record<string, string> {
-  const env: Record<string, string> = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: home };
+export function threadEnv(): Record<string, string> {
+  const env: Record<string, string> = {};
   for (const key of ['OMP_NUM_THREADS', 'MKL_NUM_THREADS']) if (process.env[key] !== undefined) env[key] = process.env[key] as string;
   return env;
+}
+
+/** The environment a test gives a server or CLI it starts: PATH and HOME, as a host passes them, and threadEnv(). */
+export function serverEnv(home = process.env.HOME ?? '/tmp'): Record<string, string> {
+  return { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: home, ...threadEnv() };
 }
 
 /**

@@ -8,7 +8,7 @@ import { createConnection, createServer } from 'node:net';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, makeWorkspace, ROOT, expectSucceeded, serverEnv } from './helpers.js';
+import { CLI, makeWorkspace, ROOT, expectSucceeded, threadEnv } from './helpers.js';
 
 // The README's routes from a laptop's host to a Linux GPU box, run as written against a real
 // OpenSSH server on loopback ("gpu-box" is a Host entry of an ssh config file, as the README says).
@@ -74,8 +74,8 @@ describe.skipIf(!existsSync(SSHD))('from a laptop to the GPU box over ssh (skipp
         'PermitRootLogin prohibit-password',
         `AllowUsers ${user}`,
         `PidFile ${join(dir, 'sshd.pid')}`,
-        // the suite's thread settings reach the server the session starts (test/helpers.ts serverEnv)
-        ...Object.entries(serverEnv()).filter(([key]) => key.endsWith('_NUM_THREADS')).map(([key, value]) => `SetEnv ${key}=${value}`),
+        // the suite's thread settings reach the server the session starts (test/helpers.ts threadEnv)
+        ...Object.entries(threadEnv()).map(([key, value]) => `SetEnv ${key}=${value}`),
       ].join('\n') + '\n',
     );
     sshConfig = join(dir, 'ssh_config');
