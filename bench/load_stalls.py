@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
 """Do smoke runs keep their budget on a loaded machine? (a measurement script, not a test)
 
-Runs the baseline train.py on the smoke profile through python/supervise.py (unsandboxed, as
-python/tests/test_train_e2e.py does), one run after another, while a competing process loads the
-cores, for each OpenMP setting. Records each run's outcome, training seconds and its slowest
+Runs the baseline train.py on the smoke profile through python/supervise.py (unsandboxed, with
+python/tests/supervised_run.py, as the end-to-end tests do), one run after another, while a
+competing process loads the cores, for each OpenMP setting. Records each run's outcome, training seconds and its slowest
 step after the first, read from the log's progress lines (every step slower than LOG_INTERVAL_S
 is printed; the faster ones are not, so the figure is a lower bound once steps are that fast).
 
 Loads:
   torch   another PyTorch process doing matrix products on the same OpenMP setting, as the other
           test lane's training runs do
-  yes     two `yes` processes, one per core of this machine (issue 15's loaded run)
+  yes     two `yes` processes, one per core of this machine (issue 15's loaded run), in this
+          script's session
+  yes-apart  the same, each in a session of its own (separate jobs, as the kernel's autogroups
+          see them)
 Settings:
   default       OpenMP as PyTorch starts it: one thread per core, waiting threads spin a while
   passive       OMP_WAIT_POLICY=PASSIVE: waiting threads sleep at once
@@ -33,8 +36,9 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PYTHON_DIR = os.path.join(ROOT, "python")
-PYTHON = sys.executable
+sys.path.insert(0, os.path.join(ROOT, "python", "tests"))
+from supervised_run import PYTHON, TRAIN_PY, prepare_data, run_supervised  # noqa: E402
+
 SETTINGS = {
     "default": {},
     "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
@@ -50,33 +54,17 @@ COMPETITOR = ("import torch, time\n"
 def start_load(load, env):
     if load == "none":
         return []
-    if load == "yes":
-        return [subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) for _ in range(os.cpu_count() or 2)]
+    if load in ("yes", "yes-apart"):
+        # "yes-apart": each in a session of its own, as separate jobs are; with the kernel's
+        # autogroups, CPU time is shared between sessions first, so `yes` processes in this
+        # script's session compete only with it and the supervisor, not with the trainer (setsid)
+        return [subprocess.Popen(["yes"], stdout=subprocess.DEVNULL, start_new_session=load == "yes-apart")
+                for _ in range(os.cpu_count() or 2)]
     return [subprocess.Popen([PYTHON, "-c", COMPETITOR], env=env)]
 
 
 def smoke_run(data_dir, workdir, env, seed):
-    with open(os.path.join(data_dir, "manifest.json"), encoding="utf-8") as f:
-        c = json.load(f)["constants"]
-    scratch = os.path.join(workdir, "scratch")
-    os.makedirs(scratch, exist_ok=True)
-    trainer_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": scratch, "PYTHONPATH": PYTHON_DIR,
-                   "AUTORESEARCH_DATA_DIR": data_dir, "AUTORESEARCH_SEED": str(seed),
-                   "PYTHONDONTWRITEBYTECODE": "1", **env}
-    spec = {"trainer_argv": [PYTHON, "-u", os.path.join(PYTHON_DIR, "train.py")], "trainer_env": trainer_env,
-            "log_path": os.path.join(workdir, "run.log"), "data_dir": data_dir, "scratch_host": scratch,
-            "handover_dir": os.path.join(workdir, "handover"), "seed": seed,
-            "time_budget": c["TIME_BUDGET"], "budget_slack": c["BUDGET_SLACK"],
-            "startup_allowance": c["STARTUP_ALLOWANCE"], "export_allowance": c["EXPORT_ALLOWANCE"],
-            "max_batch_tokens": 1 << 24}
-    spec_path = os.path.join(workdir, "spec.json")
-    with open(spec_path, "w") as f:
-        json.dump(spec, f)
-    proc = subprocess.run([PYTHON, os.path.join(PYTHON_DIR, "supervise.py"), "--spec", spec_path],
-                          capture_output=True, text=True, timeout=300)
-    report = json.loads(proc.stdout)
-    with open(spec["log_path"], encoding="utf-8") as f:
-        log = f.read()
+    report, log, _, _ = run_supervised(TRAIN_PY, data_dir, workdir, seed=seed, env=env, timeout=300)
     steps = [(int(m.group(1)), int(m.group(2))) for m in re.finditer(r"^step\s+(\d+) .*\| dt: (\d+)ms", log, re.M)]
     return {"outcome": report["outcome"], "training_seconds": report["training_seconds"],
             "steps": steps[-1][0] if steps else 0,
@@ -92,8 +80,7 @@ def main():
 
     work = tempfile.mkdtemp(prefix="load-stalls-")
     data_dir = os.path.join(work, "data")
-    subprocess.run([PYTHON, os.path.join(PYTHON_DIR, "prepare_data.py"), "--profile", "smoke", "--data-dir", data_dir],
-                   check=True, capture_output=True)
+    prepare_data("smoke", data_dir)
     results = []
     for load in args.loads.split(","):
         for name in args.settings.split(","):

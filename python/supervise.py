@@ -15,6 +15,12 @@ the last byte of the `handover` payload (<= time_budget + budget_slack); export 
 last byte of the `model` payload (<= export_allowance). A trainer that stops talking is still
 killed on time: the loop never blocks longer than POLL_S.
 
+The budget's clock (`budget_clock`): "wall" (the default) counts monotonic seconds from the first
+batch; "cpu" counts the CPU seconds of the trainer's process tree since the first batch, read from
+/proc, so that a run on a shared CPU gets the same work whatever else the machine is doing. With
+the CPU clock, training also ends at CPU_CLOCK_WALL_FACTOR times the limit in wall seconds: a
+trainer that sleeps uses no CPU.
+
 Pre-started (`--standby`): the trainer (prestart.py, which imports torch, says `ready`, and
 waits) is started before the run is known; the supervisor marks it ready with the file `ready`
 beside the standby's spec, then waits for one line `go PATH` on its stdin, reads the run's spec
@@ -58,6 +64,9 @@ MAX_ROW_LENGTHS = 16           # distinct sequence lengths a trainer may ask for
 MAX_PREFETCHED = 8             # batch shapes packed ahead while the trainer computes
 POLL_S = 0.05                  # longest wait between checks of the deadlines and the trainer
 PROC_POLL_S = 1.0              # how often the trainer's process tree is sampled for CPU time
+TREE_SCAN_S = 0.25             # CPU clock: how often /proc is scanned for new processes of the tree
+CPU_CLOCK_WALL_FACTOR = 4.0    # CPU clock: wall seconds of training allowed per second of the limit
+BUDGET_CLOCKS = ("wall", "cpu")
 EOF_GRACE_S = 2.0              # channel closed: time for the trainer to exit before it is killed
 REAP_TIMEOUT_S = 30.0          # after SIGKILL (a process in the GPU driver may take a moment)
 EXIT_NO_RUN = 3                # --standby ended without a run (stdin closed, or the trainer died waiting)
@@ -117,13 +126,16 @@ def load_spec(path: str) -> dict:
     seed = spec.get("seed", 42)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise SpecError(f"spec: seed must be a non-negative integer, got {seed!r}")
+    clock = spec.get("budget_clock", "wall")
+    if clock not in BUDGET_CLOCKS:
+        raise SpecError(f"spec: budget_clock must be one of {', '.join(BUDGET_CLOCKS)}, got {clock!r}")
     mbt = spec.get("max_batch_tokens", 1 << 24)
     if isinstance(mbt, bool) or not isinstance(mbt, int) or mbt < 1:
         raise SpecError(f"spec: max_batch_tokens must be a positive integer, got {mbt!r}")
     return {
         "trainer_argv": argv, "trainer_env": dict(env), "log_path": spec["log_path"],
         "data_dir": spec["data_dir"], "scratch_host": spec.get("scratch_host"),
-        "handover_dir": spec["handover_dir"], "seed": seed, "max_batch_tokens": mbt,
+        "handover_dir": spec["handover_dir"], "seed": seed, "max_batch_tokens": mbt, "budget_clock": clock,
         "time_budget": _number(spec, "time_budget"),
         "budget_slack": _number(spec, "budget_slack", allow_zero=True),
         "startup_allowance": _number(spec, "startup_allowance"),
@@ -137,24 +149,44 @@ def load_spec(path: str) -> dict:
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
+def _proc_stat(pid: int):
+    """(ppid, starttime, cpu seconds of the process itself, cpu seconds of the children it reaped),
+    or None once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        rest = stat[stat.rindex(b")") + 2:].split()
+        return (int(rest[1]), int(rest[19]), (int(rest[11]) + int(rest[12])) / _TICK,
+                (int(rest[13]) + int(rest[14])) / _TICK)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _proc_table() -> dict:
-    """pid -> (ppid, starttime, cpu seconds of the process itself) for every visible process."""
-    table = {}
+    """pid -> _proc_stat(pid) for every visible process."""
     try:
         names = os.listdir("/proc")
     except OSError:
-        return table
+        return {}
+    table = {}
     for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-            rest = stat[stat.rindex(b")") + 2:].split()
-            table[int(name)] = (int(rest[1]), int(rest[19]), (int(rest[11]) + int(rest[12])) / _TICK)
-        except (OSError, ValueError, IndexError):
-            continue
+        if name.isdigit():
+            stat = _proc_stat(int(name))
+            if stat is not None:
+                table[int(name)] = stat
     return table
+
+
+def _descendants(table: dict, root: int) -> list:
+    children = {}
+    for pid, stat in table.items():
+        children.setdefault(stat[0], []).append(pid)
+    found, todo = [], list(children.get(root, ()))
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, ()))
+    return found
 
 
 class CpuMeter:
@@ -178,16 +210,11 @@ class CpuMeter:
             return
         self.last = now
         table = _proc_table()
-        children = {}
-        for pid, (ppid, _, _) in table.items():
-            children.setdefault(ppid, []).append(pid)
-        alive, todo = set(), list(children.get(self.root, ()))
-        while todo:
-            pid = todo.pop()
-            ppid, start, cpu = table[pid]
+        alive = set()
+        for pid in _descendants(table, self.root):
+            ppid, start, cpu, _ = table[pid]
             self.seen[(pid, start)] = (ppid, cpu)
             alive.add((pid, start))
-            todo.extend(children.get(pid, ()))
         self.alive = alive
 
     def mark(self) -> None:
@@ -202,6 +229,36 @@ class CpuMeter:
         # whose parent was the trainer are already in its rusage
         extra = sum(cpu for key, (ppid, cpu) in self.seen.items() if key in self.alive or ppid != self.root)
         return round(own + extra - self.before, 3)
+
+
+class CpuClock:
+    """CPU seconds of a process tree, for the budget's CPU clock: for every process of the tree
+    that is alive, its own time and that of the children it reaped (a child that ended counts in
+    its parent; one that ended orphaned counts in the sandbox's init, which reaps it). /proc is
+    scanned for new members every TREE_SCAN_S; in between, only the members' stat files are read,
+    so a new process counts, all of it, from the next scan on. Unsandboxed, a process that leaves
+    the tree (a double fork) is not counted: the sandbox's pid namespace keeps everything in it."""
+
+    def __init__(self, root: int):
+        self.root = root
+        self.members = {}            # pid -> starttime
+        self.scanned = -math.inf
+        self.scan()
+
+    def scan(self) -> None:
+        table = _proc_table()
+        self.members = {pid: table[pid][1] for pid in [self.root, *_descendants(table, self.root)] if pid in table}
+        self.scanned = time.monotonic()
+
+    def seconds(self) -> float:
+        if time.monotonic() - self.scanned >= TREE_SCAN_S:
+            self.scan()
+        total = 0.0
+        for pid, start in self.members.items():
+            stat = _proc_stat(pid)
+            if stat is not None and stat[1] == start:
+                total += stat[2] + stat[3]
+        return total
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,6 +402,10 @@ class Supervisor:
             raise SpecError(f"{data_dir}/train.bin holds no documents; prepare the data again")
         self.budget = spec["time_budget"]
         self.limit = spec["time_budget"] + spec["budget_slack"]
+        self.cpu_clock = None        # the CPU clock's reader, from the first batch on
+        self.cpu_at_first = 0.0
+        self.cpu_used = 0.0
+        self.used_at_handover = None
         self.handover_dir = spec["handover_dir"]
         os.makedirs(self.handover_dir, exist_ok=True)
         for name in ("weights.pt", "model.pt", "weights.pt.part", "model.pt.part"):
@@ -367,16 +428,29 @@ class Supervisor:
 
     # -- time ------------------------------------------------------------------------------
     def deadline(self):
+        """The wall-clock deadline of the current phase (with the CPU clock, training's is the wall
+        guard; over_budget_cpu() checks the budget itself)."""
         if self.t_first is None:
             return self.t_spawn + self.spec["startup_allowance"], "startup"
         if self.t_handover is None:
+            if self.cpu_clock is not None:
+                return self.t_first + CPU_CLOCK_WALL_FACTOR * self.limit, "training"
             return self.t_first + self.limit, "training"
         return self.t_handover + self.spec["export_allowance"], "export"
+
+    def check_cpu_budget(self, now: float) -> None:
+        if self.cpu_clock is not None and self.t_handover is None and self.used(now) > self.limit:
+            raise self.over("training", now)
 
     def over(self, phase: str, now: float) -> Stop:
         if phase == "startup":
             return Stop("over_budget", f"startup: no training batch was requested within the startup allowance "
                                        f"of {self.spec['startup_allowance']:g} s ({now - self.t_spawn:.2f} s)")
+        if phase == "training" and self.cpu_clock is not None:
+            return Stop("over_budget", f"training: {self.used(now):.2f} CPU s ({now - self.t_first:.2f} s of wall "
+                                       f"time) without handing over; the limit is TIME_BUDGET {self.budget:g} s + "
+                                       f"slack {self.spec['budget_slack']:g} s of CPU time, within "
+                                       f"{CPU_CLOCK_WALL_FACTOR:g} times that of wall time")
         if phase == "training":
             return Stop("over_budget", f"training: {now - self.t_first:.2f} s without handing over, past "
                                        f"TIME_BUDGET {self.budget:g} s + slack {self.spec['budget_slack']:g} s")
@@ -384,9 +458,16 @@ class Supervisor:
                                    f"(allowance {self.spec['export_allowance']:g} s)")
 
     def used(self, now: float) -> float:
+        """Seconds of the budget used, by the spec's clock; frozen at the hand-over."""
         if self.t_first is None:
             return 0.0
-        return (self.t_handover if self.t_handover is not None else now) - self.t_first
+        if self.used_at_handover is not None:
+            return self.used_at_handover
+        if self.cpu_clock is not None:
+            # never backwards: an orphan reaped outside the tree takes its time with it
+            self.cpu_used = max(self.cpu_used, self.cpu_clock.seconds() - self.cpu_at_first)
+            return self.cpu_used
+        return now - self.t_first
 
     # -- channel output --------------------------------------------------------------------
     def send(self, data: bytes) -> None:
@@ -465,7 +546,10 @@ class Supervisor:
             if now - self.t_spawn > self.spec["startup_allowance"]:
                 raise self.over("startup", now)
             self.t_first = now
-            log(f"first batch after {now - self.t_spawn:.2f} s: the training clock starts")
+            if self.spec["budget_clock"] == "cpu":
+                self.cpu_clock = CpuClock(self.proc.pid)
+                self.cpu_at_first = self.cpu_clock.seconds()
+            log(f"first batch after {now - self.t_spawn:.2f} s: the training clock ({self.spec['budget_clock']}) starts")
         key = (b, t + 1)
         rows = self.prefetched.pop(key, None)
         if rows is None:
@@ -509,7 +593,8 @@ class Supervisor:
             raise
         self.hashes["weights" if p["kind"] == "handover" else "model"] = _sha256(p["final"])
         if p["kind"] == "handover":
-            log(f"weights handed over after {now - self.t_first:.2f} s of training "
+            log(f"weights handed over after {now - self.t_first:.2f} s of training, {self.used_at_handover:.2f} s "
+                f"of the budget by the {self.spec['budget_clock']} clock "
                 f"({self.batches} batches, {self.tokens} tokens)")
             self.send(b"ok\n")
         else:
@@ -522,8 +607,10 @@ class Supervisor:
 
     def accept_payload(self, p: dict, now: float) -> None:
         if p["kind"] == "handover":
-            if now - self.t_first > self.limit:
+            used = self.used(now)
+            if used > self.limit:
                 raise self.over("training", now)
+            self.used_at_handover = used
             self.t_handover = now
             self.prefetched.clear()
             _check_archive(p["path"], "handover", needs_code=False)
@@ -578,6 +665,7 @@ class Supervisor:
             end, phase = self.deadline()
             if now >= end:
                 raise self.over(phase, now)
+            self.check_cpu_budget(now)
             wait = min(POLL_S, end - now)
             if self.eof_at is None:
                 readable, _, _ = select.select([self.sock], [], [], wait)
@@ -639,6 +727,7 @@ class Supervisor:
             except OSError:
                 pass
         was_running = not self.exited()
+        used = None if self.t_first is None else round(self.used(time.monotonic()), 3)   # before the tree is gone
         exit_code, sig = self.kill()
         if stop.outcome == "exited" and stop.reason is None:
             stop = Stop("exited", "the trainer exited before handing over a model (the log says why)")
@@ -665,6 +754,8 @@ class Supervisor:
             "model_sha256": self.hashes["model"] if stop.outcome == "handed_over" else None,
             "time_budget": self.budget,
             "budget_slack": self.spec["budget_slack"],
+            "budget_clock": self.spec["budget_clock"],
+            "budget_used_seconds": used,
         }
         log(f"outcome {stop.outcome}" + (f": {stop.reason}" if report["reason"] else ""))
         return report

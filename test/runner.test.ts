@@ -38,6 +38,14 @@ describe('threads per CPU run', () => {
   ])('%i cores, %i CPU slots: %s threads each', (cores, slots, threads) => {
     expect(cpuThreadsPerRun(cores, slots)).toBe(threads);
   });
+
+  it.each([
+    [16, 1, 1],
+    [16, 4, 1],
+    [2, 0, undefined],
+  ])('with the CPU clock, %i cores, %i CPU slots: %s thread each', (cores, slots, threads) => {
+    expect(cpuThreadsPerRun(cores, slots, 'cpu')).toBe(threads);
+  });
 });
 
 describe('parsing what the run prints', () => {
@@ -117,8 +125,14 @@ describe('Lab.open', () => {
 
   it('takes the budget and allowances from the profile\'s constants, with defaults', () => {
     const meta = { profile: 'cpu', timeBudget: 60, dataDir: '/d', python: PYTHON, constants: { BUDGET_SLACK: 2, STARTUP_ALLOWANCE: 30 } };
-    expect(budgetOf(meta)).toEqual({ timeBudget: 60, slack: 2, startupAllowance: 30, exportAllowance: 60, maxBatchTokens: 16 * 1024 * 1024, scratchBytes: 4 * 1024 ** 3 });
+    expect(budgetOf(meta)).toEqual({ timeBudget: 60, clock: 'cpu', slack: 2, startupAllowance: 30, exportAllowance: 60, maxBatchTokens: 16 * 1024 * 1024, scratchBytes: 4 * 1024 ** 3 });
     expect(budgetOf({ ...meta, constants: {} }).slack).toBe(3);
+    // the clock: the manifest's BUDGET_CLOCK when it names one, else by profile
+    expect(budgetOf({ ...meta, profile: 'smoke' }).clock).toBe('wall');
+    expect(budgetOf({ ...meta, profile: 'gpu' }).clock).toBe('wall');
+    expect(budgetOf({ ...meta, profile: 'smoke', constants: { BUDGET_CLOCK: 'cpu' } }).clock).toBe('cpu');
+    expect(budgetOf({ ...meta, constants: { BUDGET_CLOCK: 'wall' } }).clock).toBe('wall');
+    expect(budgetOf({ ...meta, constants: { BUDGET_CLOCK: 'CPU' } }).clock).toBe('cpu');
   });
 });
 
@@ -163,7 +177,7 @@ function makeRunner(s: Setup, sandbox: 'bwrap' | 'none', overrides: Partial<Runn
       if (!blob) throw new Error(`no commit ${commit}`);
       return blob[path as 'train.py' | 'prepare.py'];
     },
-    budget: { timeBudget: 2, slack: 0.5, startupAllowance: 20, exportAllowance: 20, maxBatchTokens: 1 << 20, scratchBytes: 64 << 20 },
+    budget: { timeBudget: 2, clock: 'wall', slack: 0.5, startupAllowance: 20, exportAllowance: 20, maxBatchTokens: 1 << 20, scratchBytes: 64 << 20 },
     ceilingSeconds: 60,
     forbidden: [join(s.root, 'ws'), join(s.root, 'ws', '.autoresearch'), s.data],
     ...overrides,

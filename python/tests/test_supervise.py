@@ -434,6 +434,100 @@ time.sleep(60)
     assert r["outcome"] == "error" and "closed the harness channel" in r["reason"], r
 
 
+# ---------------------------------------------------------------------------------------------
+# The CPU clock (budget_clock "cpu"): CPU seconds of the trainer's process tree, not wall seconds
+# ---------------------------------------------------------------------------------------------
+
+SPIN = '''
+def spin(cpu_seconds):
+    """Burns this process's CPU time, however long the machine makes that take."""
+    end = time.process_time() + cpu_seconds
+    while time.process_time() < end:
+        pass
+def used():
+    return float(ask("clock").split()[1])
+'''
+
+
+def test_the_cpu_clock_counts_cpu_seconds_not_wall_seconds(tmp_path, smoke_data):
+    # 1.5 s asleep after the first batch is past the whole limit (1.2 s) in wall time, and next to
+    # nothing by the CPU clock; the run then spends its budget's CPU time and hands over
+    script = RAW + SPIN + '''
+batch(2, 8)
+time.sleep(1.5)
+asleep = used()
+spin(0.6)
+print(json.dumps({"asleep": asleep, "after_spin": used()}), flush=True)
+w = archive()
+ask(f"handover {len(w)}", w)
+m = archive(code=True)
+ask(f"model {len(m)}", m)
+time.sleep(30)
+'''
+    run = supervise(tmp_path, smoke_data, script, budget_clock="cpu")
+    r = run.report
+    assert r["outcome"] == "handed_over", (r, run.log)
+    clock = json.loads([l for l in run.log.splitlines() if l.startswith("{")][0])
+    assert clock["asleep"] < 0.3, clock
+    assert 0.6 <= clock["after_spin"] <= 1.2, clock
+    assert r["budget_clock"] == "cpu" and clock["after_spin"] <= r["budget_used_seconds"] <= 1.2
+    assert r["training_seconds"] > 1.5      # wall seconds, past what the wall clock would allow
+
+
+def test_the_cpu_clock_counts_the_trainers_child_processes(tmp_path, smoke_data):
+    # a child still running and one that has ended (its time counts in the trainer that reaped it)
+    script = RAW + SPIN + '''
+import subprocess
+batch(2, 8)
+child = "import time, sys\\nend = time.process_time() + 0.4\\nwhile time.process_time() < end: pass\\nopen(sys.argv[1], 'w').close()\\ntime.sleep(float(sys.argv[2]))"
+running = subprocess.Popen([sys.executable, "-c", child, "running.flag", "30"])
+while not os.path.exists("running.flag"):
+    time.sleep(0.01)
+time.sleep(0.3)      # the supervisor scans for new processes every 0.25 s
+while_running = used()
+subprocess.run([sys.executable, "-c", child, "ended.flag", "0"], check=True)
+after_ended = used()
+print(json.dumps({"while_running": while_running, "after_ended": after_ended}), flush=True)
+running.kill()
+time.sleep(30)
+'''
+    run = supervise(tmp_path, smoke_data, script, budget_clock="cpu", time_budget=5.0, budget_slack=0.2)
+    clock = json.loads([l for l in run.log.splitlines() if l.startswith("{")][0])
+    assert clock["while_running"] >= 0.4, clock
+    assert clock["after_ended"] >= clock["while_running"] + 0.4, clock
+
+
+def test_a_run_past_its_cpu_budget_is_over_budget_in_cpu_seconds(tmp_path, smoke_data):
+    script = RAW + SPIN + '''
+while True:
+    batch(2, 8)
+    spin(0.05)
+'''
+    run = supervise(tmp_path, smoke_data, script, budget_clock="cpu")
+    r = run.report
+    assert r["outcome"] == "over_budget" and "CPU s" in r["reason"], r
+    assert r["budget_used_seconds"] > 1.2 and r["signal"] == "SIGKILL" and r["weights_sha256"] is None
+
+
+def test_a_sleeping_run_on_the_cpu_clock_ends_at_its_wall_guard(tmp_path, smoke_data):
+    script = RAW + '''
+batch(2, 8)
+time.sleep(60)
+'''
+    run = supervise(tmp_path, smoke_data, script, budget_clock="cpu", time_budget=0.5, budget_slack=0.0)
+    r = run.report
+    assert r["outcome"] == "over_budget" and "wall time" in r["reason"], r
+    assert r["training_seconds"] >= 4 * 0.5 and r["budget_used_seconds"] < 0.5
+
+
+def test_an_unknown_budget_clock_is_a_spec_error(tmp_path, smoke_data):
+    full = trainer_spec(tmp_path, smoke_data, RAW, budget_clock="gpu")
+    (tmp_path / "spec.json").write_text(json.dumps(full))
+    proc = subprocess.run([PYTHON, SUPERVISE_PY, "--spec", str(tmp_path / "spec.json")],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "budget_clock must be one of wall, cpu" in json.loads(proc.stdout)["reason"]
+
+
 def test_a_bad_spec_is_a_json_error_line(tmp_path, smoke_data):
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"trainer_argv": [], "data_dir": smoke_data}))

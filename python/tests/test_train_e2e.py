@@ -8,37 +8,20 @@ Run: cd python && .venv/bin/python -m pytest tests/test_train_e2e.py -x -q
   over inside TIME_BUDGET + BUDGET_SLACK; scored by python/evaluate.py when that file exists.
 """
 
-import json
 import math
 import os
 import re
-import subprocess
-import sys
-import time
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
-PYTHON_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PREPARE_DATA_PY = os.path.join(PYTHON_DIR, "prepare_data.py")
-SUPERVISE_PY = os.path.join(PYTHON_DIR, "supervise.py")
-EVALUATE_PY = os.path.join(PYTHON_DIR, "evaluate.py")
-TRAIN_PY = os.path.join(PYTHON_DIR, "train.py")
-PYTHON = sys.executable  # the interpreter pytest runs under: the one the server would pick (test/python-tests.sh)
+from supervised_run import TRAIN_PY, constants, evaluate, prepare_data, run_supervised
 
 SUMMARY_KEYS = ["training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
                 "total_tokens_M", "num_steps", "num_params_M", "depth"]
 # the same pattern the server uses (src/core/runner.ts) to follow progress
 PROGRESS_RE = re.compile(r"^step\s+(\d+)\s+\(\s*([\d.]+)%\)\s*\|\s*loss:\s*([-+\d.eE]+|nan|inf)")
-RUN_TIMEOUT_S = 600   # generous: the machine may be shared with other test runs
-
-
-def prepare_data(profile, data_dir):
-    proc = subprocess.run([PYTHON, PREPARE_DATA_PY, "--profile", profile, "--data-dir", data_dir],
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return data_dir
 
 
 @pytest.fixture(scope="module")
@@ -49,47 +32,6 @@ def cpu_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def smoke_data(tmp_path_factory):
     return prepare_data("smoke", str(tmp_path_factory.mktemp("data-smoke")))
-
-
-def constants(data_dir):
-    with open(os.path.join(data_dir, "manifest.json"), encoding="utf-8") as f:
-        return json.load(f)["constants"]
-
-
-def run_train(script, data_dir, workdir, seed=42):
-    """Runs a train.py as the server does, unsandboxed: supervise.py with a spec built from the
-    manifest. Returns (report, log text, handover dir, wall seconds)."""
-    c = constants(data_dir)
-    workdir = str(workdir)
-    scratch = os.path.join(workdir, "scratch")
-    os.makedirs(scratch, exist_ok=True)
-    spec = {
-        "trainer_argv": [PYTHON, "-u", script],
-        "trainer_env": {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": scratch,
-                        "PYTHONPATH": PYTHON_DIR, "AUTORESEARCH_DATA_DIR": data_dir,
-                        "AUTORESEARCH_SEED": str(seed), "PYTHONDONTWRITEBYTECODE": "1",
-                        # the thread settings pass through, as the server passes them (test/run-suite.sh)
-                        **{k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ}},
-        "log_path": os.path.join(workdir, "run.log"),
-        "data_dir": data_dir,
-        "scratch_host": scratch,
-        "handover_dir": os.path.join(workdir, "handover"),
-        "seed": seed,
-        "time_budget": c["TIME_BUDGET"], "budget_slack": c["BUDGET_SLACK"],
-        "startup_allowance": c["STARTUP_ALLOWANCE"], "export_allowance": c["EXPORT_ALLOWANCE"],
-        "max_batch_tokens": 1 << 24,
-    }
-    spec_path = os.path.join(workdir, "spec.json")
-    with open(spec_path, "w") as f:
-        json.dump(spec, f)
-    t0 = time.time()
-    proc = subprocess.run([PYTHON, SUPERVISE_PY, "--spec", spec_path], capture_output=True, text=True,
-                          timeout=RUN_TIMEOUT_S)
-    wall = time.time() - t0
-    with open(spec["log_path"], encoding="utf-8") as f:
-        log = f.read()
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout), log, spec["handover_dir"], wall
 
 
 def parse_summary(stdout):
@@ -128,12 +70,14 @@ def check_progress(log):
     return steps
 
 
-def check_stopped_by_budget(log, training_seconds, time_budget):
+def check_stopped_by_budget(log, budget_used, time_budget):
     """The loop ended where train.py's stop rule says, not sooner: it stops once the budget used plus
     twice the slowest of the last 10 steps (the first step excluded) reaches TIME_BUDGET. On a loaded
     machine a stall makes that margin large and the stop early, so a fixed share of the budget is no
     test; the margin's upper bound, read from the log, is. Every step slower than LOG_INTERVAL_S is
-    printed with its duration, so a step the log leaves out took less than that."""
+    printed with its duration, so a step the log leaves out took less than that. (Durations are wall
+    time; with one thread, a step's CPU time is no more than that, so the bound holds for the CPU
+    clock too.)"""
     log_interval = float(re.search(r"^LOG_INTERVAL_S = ([\d.]+)", open(TRAIN_PY, encoding="utf-8").read(),
                                    re.M).group(1))
     durations = {int(m.group(1)): float(m.group(2)) / 1000
@@ -142,21 +86,22 @@ def check_stopped_by_budget(log, training_seconds, time_budget):
     window = range(max(2, last - 9), last + 1)
     slowest = max([durations[s] for s in window if s in durations]
                   + [log_interval for s in window if s not in durations], default=0.0)
-    assert training_seconds + 2 * slowest + 0.01 >= time_budget, (training_seconds, slowest, log[-3000:])
+    assert budget_used + 2 * slowest + 0.01 >= time_budget, (budget_used, slowest, log[-3000:])
 
 
 def check_handover(report, log, handover, data_dir):
     """An honest run: handed over within the budget, summary printed, the model runs."""
     c = constants(data_dir)
     assert report["outcome"] == "handed_over", (report, log[-3000:])
-    assert report["training_seconds"] <= c["TIME_BUDGET"] + c["BUDGET_SLACK"]
+    used = report["budget_used_seconds"]     # by the run's clock: wall or CPU seconds
+    assert used <= c["TIME_BUDGET"] + c["BUDGET_SLACK"]
     steps = check_progress(log)
-    check_stopped_by_budget(log, report["training_seconds"], c["TIME_BUDGET"])
+    check_stopped_by_budget(log, used, c["TIME_BUDGET"])
     summary = parse_summary(log)
     assert [k for k, _ in summary] == SUMMARY_KEYS
     values = {k: float(v) for k, v in summary}
     assert values["num_steps"] == steps[-1] and values["depth"] >= 1
-    assert values["training_seconds"] <= report["training_seconds"] + 0.1
+    assert values["training_seconds"] <= used + 0.1
     model = torch.jit.load(os.path.join(handover, "model.pt"))
     weights = torch.load(os.path.join(handover, "weights.pt"))
     tensors = dict(model.named_parameters())
@@ -171,24 +116,11 @@ def check_handover(report, log, handover, data_dir):
     return values
 
 
-def evaluate(handover, data_dir):
-    """Runs python/evaluate.py (another part of the harness) as the protocol says; None if absent."""
-    if not os.path.exists(EVALUATE_PY):
-        return None
-    r, w = os.pipe()
-    proc = subprocess.Popen([PYTHON, EVALUATE_PY, "--model", os.path.join(handover, "model.pt"),
-                             "--weights", os.path.join(handover, "weights.pt"), "--data-dir", data_dir,
-                             "--seed", "1"], pass_fds=(w, 3), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: os.dup2(w, 3))
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        result = f.read()
-    proc.communicate(timeout=RUN_TIMEOUT_S)
-    return json.loads(result)
-
-
 def test_baseline_cpu_profile(cpu_data, tmp_path):
-    report, log, handover, wall = run_train(TRAIN_PY, cpu_data, tmp_path)
+    # the cpu profile's budget counts CPU seconds, with one thread per run (src/core/lab.ts budgetClockOf)
+    report, log, handover, wall = run_supervised(TRAIN_PY, cpu_data, tmp_path, budget_clock="cpu",
+                                                 env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    assert report["budget_clock"] == "cpu"
     values = check_handover(report, log, handover, cpu_data)
     assert values["mfu_percent"] == 0.0 and values["peak_vram_mb"] == 0.0   # CPU
     result = evaluate(handover, cpu_data)
@@ -206,7 +138,7 @@ def test_baseline_cpu_profile(cpu_data, tmp_path):
 
 
 def test_smoke_profile_runs_clean(smoke_data, tmp_path):
-    report, log, handover, wall = run_train(TRAIN_PY, smoke_data, tmp_path)
+    report, log, handover, wall = run_supervised(TRAIN_PY, smoke_data, tmp_path)
     check_handover(report, log, handover, smoke_data)
     assert os.listdir(str(tmp_path / "scratch")) == [], "train.py must not write files"
     print(f"\n[bench] smoke baseline: wall {wall:.1f} s, startup {report['startup_seconds']:.2f} s, "
@@ -221,7 +153,7 @@ def test_smoke_profile_runs_clean(smoke_data, tmp_path):
 ])
 def test_divergence_stops_with_fail(smoke_data, tmp_path, name, replacements):
     script = patched_copy(tmp_path, replacements)
-    report, log, handover, _ = run_train(script, smoke_data, tmp_path)
+    report, log, handover, _ = run_supervised(script, smoke_data, tmp_path)
     assert report["outcome"] == "exited" and report["exit_code"] == 1, f"{name}: {report}\n" + log[-2000:]
     fail = [line for line in log.splitlines() if line.startswith("FAIL: loss is ")]
     assert len(fail) == 1, log[-2000:]

@@ -13,7 +13,7 @@ import { contentHash, FileHashCache, sha256 } from './hashing.js';
 import { applySearchReplace, applyUnifiedDiff, checkNoReplacementCharacter, diffStat, unifiedDiff } from './patch.js';
 import { harnessDir, runDir, standbyDir, stateDir } from './paths.js';
 import { checkTrainPy, type Violation } from './rules.js';
-import { cpuThreadsPerRun, ProcessRunner, readLogTail, type Budget, type RunProgress, type Slot } from './runner.js';
+import { cpuThreadsPerRun, ProcessRunner, readLogTail, type Budget, type BudgetClock, type RunProgress, type Slot } from './runner.js';
 import { recordedPythonProblem } from './python.js';
 import { sandboxProblem } from './sandbox.js';
 import { isFinishedStatus, Store, type Experiment, type NoiseMeasurement } from './store.js';
@@ -135,7 +135,7 @@ export class Lab extends EventEmitter {
       budget,
       ceilingSeconds,
       forbidden: [...new Set([dir, stateDir(dir), meta.dataDir].flatMap((path) => [path, realpathOr(path)]))],
-      cpuThreads: cpuThreadsPerRun(availableParallelism(), cpuSlots),
+      cpuThreads: cpuThreadsPerRun(availableParallelism(), cpuSlots, budget.clock),
       standbyDir: serving ? standbyDir(dir) : undefined,
     });
     const log = options.log ?? ((message: string) => process.stderr.write(`[autoresearch] ${message}\n`));
@@ -1819,6 +1819,18 @@ function fmt(value: number | null | undefined): string {
   return value === null || value === undefined ? 'n/a' : value.toFixed(6);
 }
 
+/**
+ * What the budget counts: the manifest's BUDGET_CLOCK when it names one, else CPU seconds on the
+ * cpu profile (a shared CPU gives a run the same work whatever else it runs: bench/budget_clock.py)
+ * and wall seconds elsewhere (a GPU's time is what is scarce, and the smoke profile only exercises
+ * the machinery).
+ */
+export function budgetClockOf(meta: Pick<WorkspaceMeta, 'profile' | 'constants'>): BudgetClock {
+  const named = meta.constants?.BUDGET_CLOCK;
+  if (named === 'wall' || named === 'cpu') return named;
+  return meta.profile === 'cpu' ? 'cpu' : 'wall';
+}
+
 /** The budget and allowances of the workspace's profile (manifest constants, with defaults). */
 export function budgetOf(meta: WorkspaceMeta): Budget {
   const constant = (name: string, fallback: number): number => {
@@ -1827,6 +1839,7 @@ export function budgetOf(meta: WorkspaceMeta): Budget {
   };
   return {
     timeBudget: meta.timeBudget,
+    clock: budgetClockOf(meta),
     slack: constant('BUDGET_SLACK', 0.05 * meta.timeBudget),
     startupAllowance: constant('STARTUP_ALLOWANCE', 60),
     exportAllowance: constant('EXPORT_ALLOWANCE', 60),

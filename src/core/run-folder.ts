@@ -74,6 +74,7 @@ export interface SupervisorSpec {
   handover_dir: string;
   seed: number;
   time_budget: number;
+  budget_clock: 'wall' | 'cpu';
   budget_slack: number;
   startup_allowance: number;
   export_allowance: number;

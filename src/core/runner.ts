@@ -53,6 +53,9 @@ export interface SupervisorReport {
   batches_served?: number | null;
   tokens_served?: number | null;
   cpu_seconds?: number | null;
+  budget_clock?: BudgetClock;
+  /** Seconds of the budget used by budget_clock (CPU seconds with the cpu clock). */
+  budget_used_seconds?: number | null;
   exit_code?: number | null;
   signal?: string | null;
   weights_sha256?: string | null;
@@ -127,8 +130,10 @@ export interface Slot {
 }
 
 export interface Budget {
-  /** TIME_BUDGET: seconds of training from the first batch to the hand-over. */
+  /** TIME_BUDGET: seconds of training from the first batch to the hand-over, by `clock`. */
   timeBudget: number;
+  /** BUDGET_CLOCK: 'wall' (monotonic seconds) or 'cpu' (CPU seconds of the trainer's processes, for a shared CPU). */
+  clock: BudgetClock;
   /** Seconds over the budget that still count as within it. */
   slack: number;
   startupAllowance: number;
@@ -139,6 +144,9 @@ export interface Budget {
 }
 
 export const DEFAULT_SEED = 42;
+
+export const BUDGET_CLOCKS = ['wall', 'cpu'] as const;
+export type BudgetClock = (typeof BUDGET_CLOCKS)[number];
 
 export interface RunnerOptions {
   /** The host interpreter: runs supervise.py, and the trainer and evaluator (inside the sandbox when sandboxed). */
@@ -194,12 +202,18 @@ const INHERITED_ENV = [
 ];
 
 /**
- * Threads each CPU run may use when several CPU slots share the machine's cores: an equal share.
- * PyTorch's OpenMP threads spin while they wait, so two runs that each take every core slow each
- * other down tenfold (measured here: 2 runs of 2 threads on 2 cores, 1/20 of one run's speed
- * each; with 1 thread each, 3/5). Undefined with one CPU slot: a run then takes every core.
+ * Threads each CPU run may use (OMP_NUM_THREADS and MKL_NUM_THREADS, unless the server's own
+ * environment sets them). With the CPU clock, one: the budget counts every thread's CPU time, and
+ * PyTorch's OpenMP threads spin while they wait for one another, so on a shared machine a second
+ * thread spends budget waiting (bench/budget_clock.py: two threads under load fit half the steps
+ * of one). With the wall clock, an equal share of the cores when several CPU slots share them:
+ * two runs that each take every core slow each other down tenfold (measured here: 2 runs of 2
+ * threads on 2 cores, 1/20 of one run's speed each; with 1 thread each, 3/5); undefined with one
+ * CPU slot: a run then takes every core.
  */
-export function cpuThreadsPerRun(cores: number, cpuSlots: number): number | undefined {
+export function cpuThreadsPerRun(cores: number, cpuSlots: number, clock: BudgetClock = 'wall'): number | undefined {
+  if (cpuSlots === 0) return undefined;
+  if (clock === 'cpu') return 1;
   return cpuSlots > 1 ? Math.max(1, Math.floor(cores / cpuSlots)) : undefined;
 }
 
@@ -841,6 +855,7 @@ export class ProcessRunner extends EventEmitter {
       handover_dir: folder.handover,
       seed,
       time_budget: budget.timeBudget,
+      budget_clock: budget.clock,
       budget_slack: budget.slack,
       startup_allowance: budget.startupAllowance,
       export_allowance: budget.exportAllowance,
@@ -1000,6 +1015,7 @@ function times(report: SupervisorReport): string {
   const parts: string[] = [];
   if (report.startup_seconds != null) parts.push(`start-up ${report.startup_seconds.toFixed(1)} s`);
   if (report.training_seconds != null) parts.push(`training ${report.training_seconds.toFixed(1)} s`);
+  if (report.budget_clock === 'cpu' && report.budget_used_seconds != null) parts.push(`budget used ${report.budget_used_seconds.toFixed(1)} CPU s`);
   if (report.export_seconds != null) parts.push(`export ${report.export_seconds.toFixed(1)} s`);
   return parts.join(', ') || 'no times measured';
 }
