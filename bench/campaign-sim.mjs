@@ -7,6 +7,7 @@ import { writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { keepRule, noiseStats } from '../dist/core/keep-rule.js';
+import { campaignEffects, gauss, rng } from './campaign-plan.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const args = Object.fromEntries(process.argv.slice(2).map((a) => a.replace(/^--/, '').split('=')));
@@ -19,33 +20,9 @@ const NOISE_K = 3;
 const CONFIRM_PAIRS = 2;
 const RUN_MINUTES = 5;
 
-function rng(seed) {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-function gauss(rand) {
-  return Math.sqrt(-2 * Math.log(rand() || 1e-12)) * Math.cos(2 * Math.PI * rand());
-}
-
-/** The edits of one campaign: true effect (negative = better), the same for both rules. */
-function edits(rand) {
-  return Array.from({ length: EXPERIMENTS }, () => {
-    if (rand() >= P_REAL) return 0; // pure-noise edit
-    // real effects: 60 % help (0.5 .. 4 sigma), 40 % hurt
-    const size = SIGMA * (0.5 + 3.5 * rand());
-    return rand() < 0.6 ? -size : size;
-  });
-}
-
 function campaign(seed, rule) {
   const rand = rng(seed);
-  const plan = edits(rng(seed * 7919 + 1));
+  const plan = campaignEffects(seed, EXPERIMENTS, P_REAL).map((effect) => effect * SIGMA);
   const measure = (q) => q + SIGMA * gauss(rand);
   let quality = 1.0; // true val_bpb of the head
   let runs = 0;

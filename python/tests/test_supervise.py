@@ -468,8 +468,9 @@ time.sleep(30)
     r = run.report
     assert r["outcome"] == "handed_over", (r, run.log)
     clock = json.loads([l for l in run.log.splitlines() if l.startswith("{")][0])
+    # /proc counts in ticks (10 ms here) at both ends of the reading: 0.6 s of spinning may read 0.59
     assert clock["asleep"] < 0.3, clock
-    assert 0.6 <= clock["after_spin"] <= 1.2, clock
+    assert 0.55 <= clock["after_spin"] <= 1.2, clock
     assert r["budget_clock"] == "cpu" and clock["after_spin"] <= r["budget_used_seconds"] <= 1.2
     assert r["training_seconds"] > 1.5      # wall seconds, past what the wall clock would allow
 
@@ -493,8 +494,8 @@ time.sleep(30)
 '''
     run = supervise(tmp_path, smoke_data, script, budget_clock="cpu", time_budget=5.0, budget_slack=0.2)
     clock = json.loads([l for l in run.log.splitlines() if l.startswith("{")][0])
-    assert clock["while_running"] >= 0.4, clock
-    assert clock["after_ended"] >= clock["while_running"] + 0.4, clock
+    assert clock["while_running"] >= 0.35, clock        # 0.4 s, less a few /proc ticks
+    assert clock["after_ended"] >= clock["while_running"] + 0.35, clock
 
 
 def test_a_run_past_its_cpu_budget_is_over_budget_in_cpu_seconds(tmp_path, smoke_data):
