@@ -11,8 +11,8 @@
 // Counts false keeps (no-effect edits kept), true keeps (helpful edits kept), harmful keeps, every
 // run the server made (candidates, noise, confirmations), and the true gain per simulated
 // GPU-hour (each run counted as RUN_MINUTES of a GPU).
-// Usage: npm run build && node bench/campaign-server.mjs [--experiments=200] [--slots=2] [--rules=strict,ours]
-//        (writes bench/results-campaign-server-<host>.json)
+// Usage: npm run build && node bench/campaign-server.mjs [--experiments=200] [--slots=2] [--rules=strict,ours] [--label=L]
+//        (writes bench/results-campaign-server-<host>[-L].json)
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -145,6 +145,6 @@ if (results.strict && results.ours) {
     true_keeps_at_least_80_percent_of_strict: results.ours.true_keeps >= 0.8 * results.strict.true_keeps,
   };
 }
-const file = join(ROOT, 'bench', `results-campaign-server-${hostname()}.json`);
+const file = join(ROOT, 'bench', `results-campaign-server-${hostname()}${args.label ? `-${args.label}` : ''}.json`);
 writeFileSync(file, `${JSON.stringify(output, null, 1)}\n`);
 console.log(`wrote ${file}`);

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { classifyChange } from '../src/core/change.js';
-import { inverseNormal, keepRule, mad, noiseStats, sampleSigma } from '../src/core/keep-rule.js';
+import { inverseNormal, keepRule, mad, noiseStats, pooledSigma, sampleSigma } from '../src/core/keep-rule.js';
 
 describe('inverseNormal', () => {
   it('matches known quantiles', () => {
@@ -21,6 +21,19 @@ describe('noise statistics', () => {
     expect(sampleSigma([1.0, 1.2, 1.4])).toBeCloseTo(0.2, 12);
     expect(mad([1, 2, 3, 4, 100])).toBe(1);
     expect(noiseStats([1.66, 1.662, 1.664])).toMatchObject({ k: 3, mean: expect.closeTo(1.662, 12), sigma: expect.closeTo(0.002, 12), mad: expect.closeTo(0.002, 12) });
+  });
+
+  it('pools measurements of one noise around their own means, weighted by degrees of freedom', () => {
+    // the same as one sample of the deviations from each measurement's own mean
+    const a = [1.0, 1.2, 1.4];
+    const b = [2.0, 2.1];
+    const deviations = [...a.map((v) => v - 1.2), ...b.map((v) => v - 2.05)];
+    const direct = Math.sqrt(deviations.reduce((s, d) => s + d * d, 0) / (deviations.length - 2));
+    expect(pooledSigma([{ sigma: sampleSigma(a), runs: 3 }, { sigma: sampleSigma(b), runs: 2 }])).toBeCloseTo(direct, 12);
+    expect(pooledSigma([{ sigma: 0.003, runs: 3 }])).toBe(0.003);
+    // a measurement of one run, or without a sigma, adds nothing
+    expect(pooledSigma([{ sigma: 0.003, runs: 3 }, { sigma: NaN, runs: 3 }, { sigma: 0.5, runs: 1 }])).toBe(0.003);
+    expect(pooledSigma([])).toBeNaN();
   });
 });
 

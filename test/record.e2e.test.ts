@@ -177,6 +177,15 @@ describe('the research record (smoke profile, real runs)', () => {
     expect(results.noise_floor.k).toBe(3);
     expect(results.tsv).toMatch(/^# noise: sigma/m);
 
+    // A second measurement is pooled with the first (each around its own mean), not put in its place.
+    const again = await ok(client, 'measure_noise', { k: 2 });
+    for (const e of again.experiments) await waitFinished(client, e.id);
+    const rows = queryState(workspace, "SELECT sigma, runs FROM noise_measurements WHERE state = 'done' ORDER BY id");
+    expect(rows.map((r: any) => r.runs)).toEqual([3, 2]);
+    const pooled = await ok(client, 'status');
+    expect(pooled.noise).toMatchObject({ pooled: 2, k: 5 });
+    expect(pooled.noise.sigma).toBeCloseTo(Math.sqrt((2 * rows[0].sigma ** 2 + rows[1].sigma ** 2) / 3), 12);
+
     // SEED comes from prepare.py ($AUTORESEARCH_SEED); fixing the seed in train.py changes only seeds.
     const seeded = await ok(client, 'read_train_py');
     await ok(client, 'apply_patch', { edits: [{ search: 'torch.manual_seed(SEED)', replace: 'torch.manual_seed(7)' }], expected_hash: seeded.hash });

@@ -61,6 +61,23 @@ export function noiseStats(values: readonly number[]): NoiseStats {
   return { k: values.length, mean: mean(values), sigma: sampleSigma(values), mad: mad(values) };
 }
 
+/**
+ * The pooled standard deviation of several measurements of the same noise, each with its own mean
+ * (runs of different commits): sqrt(sum (n_i - 1) s_i^2 / sum (n_i - 1)). One measurement of 3 runs
+ * has 2 degrees of freedom, and its sigma is often off by a factor of 3; four have 8. Measurements
+ * with fewer than 2 runs or no finite sigma add nothing; NaN when none is left.
+ */
+export function pooledSigma(measurements: readonly { sigma: number; runs: number }[]): number {
+  let squares = 0;
+  let freedom = 0;
+  for (const { sigma, runs } of measurements) {
+    if (runs < 2 || !Number.isFinite(sigma)) continue;
+    squares += (runs - 1) * sigma * sigma;
+    freedom += runs - 1;
+  }
+  return freedom > 0 ? Math.sqrt(squares / freedom) : NaN;
+}
+
 export interface KeepRuleInput {
   /** val_bpb of the candidate: its own run plus any confirmation runs. */
   candidate: readonly number[];

@@ -6,7 +6,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { availableParallelism, hostname } from 'node:os';
 import { join } from 'node:path';
 import { classifyChange } from './change.js';
-import { keepRule, noiseStats } from './keep-rule.js';
+import { keepRule, noiseStats, pooledSigma } from './keep-rule.js';
 import { UserError } from './errors.js';
 import { gpuUsage, type GpuUsage } from './gpus.js';
 import { contentHash, FileHashCache, sha256 } from './hashing.js';
@@ -1021,9 +1021,14 @@ export class Lab extends EventEmitter {
     return process.env.AUTORESEARCH_MACHINE || hostname();
   }
 
-  /** The latest finished noise measurement for this profile and machine, with how far the head has moved since. */
+  /**
+   * The noise floor for this profile and machine: sigma pooled over the newest NOISE_POOL finished
+   * measurements (each around its own mean), mean and MAD of the newest, and how far the head has
+   * moved since that one.
+   */
   noiseFloor(): NoiseView | null {
-    const noise = this.store.latestNoise(this.meta.profile, this.machine);
+    const pool = this.store.recentNoise(this.meta.profile, this.machine, NOISE_POOL);
+    const noise = pool[0];
     const measuring = this.store.latestNoise(this.meta.profile, this.machine, 'measuring');
     if (!noise) return measuring ? { ...emptyNoiseView(), measuring: measuring.id } : null;
     const keepsSince = this.store
@@ -1031,10 +1036,11 @@ export class Lab extends EventEmitter {
       .filter((e) => e.decision === 'keep' && (e.decidedAt ?? 0) > (noise.finishedAt ?? 0)).length;
     return {
       id: noise.id,
-      sigma: noise.sigma as number,
+      sigma: pooledSigma(pool.map((m) => ({ sigma: m.sigma as number, runs: m.runs ?? m.k }))),
       mad: noise.mad as number,
       mean: noise.mean as number,
-      k: noise.runs ?? noise.k,
+      k: pool.reduce((sum, m) => sum + (m.runs ?? m.k), 0),
+      pooled: pool.length,
       commit: noise.commit,
       profile: noise.profile,
       machine: noise.machine,
@@ -1681,7 +1687,10 @@ export interface NoiseView {
   sigma: number;
   mad: number;
   mean: number;
+  /** Runs behind sigma, over all pooled measurements. */
   k: number;
+  /** Measurements pooled into sigma (the newest, up to NOISE_POOL). */
+  pooled: number;
   commit: string;
   profile: string;
   machine: string;
@@ -1693,7 +1702,7 @@ export interface NoiseView {
 }
 
 function emptyNoiseView(): NoiseView {
-  return { sigma: NaN, mad: NaN, mean: NaN, k: 0, commit: '', profile: '', machine: '', measuredAt: null, keepsSince: 0, stale: false, measuring: null };
+  return { sigma: NaN, mad: NaN, mean: NaN, k: 0, pooled: 0, commit: '', profile: '', machine: '', measuredAt: null, keepsSince: 0, stale: false, measuring: null };
 }
 
 export const DEFAULT_NOISE_RUNS = 3;
@@ -1701,6 +1710,12 @@ export const DEFAULT_CONFIDENCE = 0.99;
 export const DEFAULT_CONFIRM_PAIRS = 2;
 /** Keeps after which the noise floor is measured again (the program has moved far from the one measured). */
 export const NOISE_STALE_KEEPS = 5;
+/**
+ * Measurements pooled into the noise floor's sigma: one of 3 runs gave estimates from 0.16 to 1.4
+ * times a fixed noise in bench/campaign-server.mjs; the newest few together follow a drifting noise
+ * and still have several times the degrees of freedom.
+ */
+export const NOISE_POOL = 4;
 /** Candidates all run with one seed, so a candidate and its parent's baseline run differ by the change, not the seed. */
 export const CANDIDATE_SEED = 42;
 const WORKING_BASE_KEY = 'working_base';

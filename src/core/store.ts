@@ -1017,6 +1017,15 @@ export class Store {
     return row && toNoise(row);
   }
 
+  /** The newest finished measurements of a profile and machine, newest first. */
+  recentNoise(profile: string, machine: string, limit: number): NoiseMeasurement[] {
+    return this.prepare<[string, string, number], NoiseRecord>(
+      "SELECT * FROM noise_measurements WHERE profile = ? AND machine = ? AND state = 'done' ORDER BY id DESC LIMIT ?",
+    )
+      .all(profile, machine, limit)
+      .map(toNoise);
+  }
+
   listNoise(): NoiseMeasurement[] {
     return this.prepare<[], NoiseRecord>('SELECT * FROM noise_measurements ORDER BY id').all().map(toNoise);
   }

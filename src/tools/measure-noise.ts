@@ -8,7 +8,8 @@ export const measureNoise = defineTool({
   title: 'Measure the noise floor',
   description:
     `Queues k runs (default ${DEFAULT_NOISE_RUNS}) of the current head with distinct seeds chosen by the server; when they finish ` +
-    'the server stores mean, sigma and MAD for this profile and machine, and auto decisions use sigma as the noise floor. ' +
+    'the server stores mean, sigma and MAD for this profile and machine, and auto decisions use as the noise floor sigma pooled ' +
+    'over the newest measurements (up to 4, each around its own mean). ' +
     'Do it once at the start of a session (after the baseline) and again when status says the noise is stale. ' +
     'A measurement already in progress is returned instead of starting another.',
   input: { k: z.number().int().min(2).max(20).default(DEFAULT_NOISE_RUNS).describe('Number of runs') },

@@ -98,10 +98,11 @@ export const noiseShape = z
 export const noiseFloorShape = z
   .object({
     id: z.number().int().optional(),
-    sigma: z.number().describe('Standard deviation of val_bpb over k runs of one commit with distinct seeds'),
-    mad: z.number().describe('Median absolute deviation of those runs'),
+    sigma: z.number().describe('Standard deviation of val_bpb between runs of one commit with distinct seeds, pooled over the newest measurements'),
+    mad: z.number().describe('Median absolute deviation of the newest measurement\'s runs'),
     mean: z.number(),
-    k: z.number().int(),
+    k: z.number().int().describe('Runs behind sigma'),
+    pooled: z.number().int().describe('Measurements pooled into sigma'),
     commit: z.string(),
     profile: z.string(),
     machine: z.string(),
