@@ -6,7 +6,8 @@
 import { writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { keepRule, noiseStats } from '../dist/core/keep-rule.js';
+import { keepRule, noiseStats, pooledSigma } from '../dist/core/keep-rule.js';
+import { NOISE_POOL, NOISE_STALE_KEEPS } from '../dist/core/lab.js';
 import { campaignEffects, gauss, rng } from './campaign-plan.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -20,7 +21,14 @@ const NOISE_K = 3;
 const CONFIRM_PAIRS = 2;
 const RUN_MINUTES = 5;
 
-function campaign(seed, rule) {
+/**
+ * How the noise floor follows the campaign: 'once' measured after the baseline only; 'latest'
+ * measured again after every NOISE_STALE_KEEPS keeps, the newest measurement replacing the last
+ * (the server before c629da6); 'pooled' the same, sigma pooled over the newest NOISE_POOL (the server now).
+ */
+const NOISE_FLOORS = ['once', 'latest', 'pooled'];
+
+function campaign(seed, rule, noiseFloor = 'pooled') {
   const rand = rng(seed);
   const plan = campaignEffects(seed, EXPERIMENTS, P_REAL).map((effect) => effect * SIGMA);
   const measure = (q) => q + SIGMA * gauss(rand);
@@ -30,12 +38,17 @@ function campaign(seed, rule) {
   let head = [measure(quality)]; // baseline run
   runs += 1;
   let sigma = SIGMA;
-  if (rule === 'ours') {
+  const measurements = [];
+  let keepsSince = 0;
+  const measureNoise = () => {
     const noise = Array.from({ length: NOISE_K }, () => measure(quality));
     runs += NOISE_K;
     head.push(...noise);
-    sigma = noiseStats(noise).sigma;
-  }
+    measurements.unshift({ sigma: noiseStats(noise).sigma, runs: NOISE_K });
+    sigma = noiseFloor === 'pooled' ? pooledSigma(measurements.slice(0, NOISE_POOL)) : measurements[0].sigma;
+    keepsSince = 0;
+  };
+  if (rule === 'ours') measureNoise();
   let best = head[0];
   for (const effect of plan) {
     const value = measure(quality + effect);
@@ -63,18 +76,20 @@ function campaign(seed, rule) {
       else stats.keptHarm += 1;
       quality += effect;
       best = value;
+      if (rule === 'ours' && noiseFloor !== 'once' && ++keepsSince >= NOISE_STALE_KEEPS) measureNoise();
     }
   }
   const hours = (runs * RUN_MINUTES) / 60;
   return { ...stats, runs, hours, improvement: 1.0 - quality, perGpuHour: (1.0 - quality) / hours };
 }
 
-function summarise(rule) {
-  const all = Array.from({ length: CAMPAIGNS }, (_, i) => campaign(1000 + i, rule));
+function summarise(rule, noiseFloor = 'pooled') {
+  const all = Array.from({ length: CAMPAIGNS }, (_, i) => campaign(1000 + i, rule, noiseFloor));
   const sum = (key) => all.reduce((s, c) => s + c[key], 0);
   const noiseEdits = sum('noiseEdits');
   return {
     rule,
+    ...(rule === 'ours' ? { noise_floor: noiseFloor } : {}),
     campaigns: CAMPAIGNS,
     experiments_per_campaign: EXPERIMENTS,
     false_keeps: sum('falseKeeps'),
@@ -90,6 +105,7 @@ function summarise(rule) {
 
 const strict = summarise('strict');
 const ours = summarise('ours');
+const byNoiseFloor = Object.fromEntries(NOISE_FLOORS.map((floor) => [floor, summarise('ours', floor)]));
 const result = {
   generated_at: new Date().toISOString(),
   parameters: { sigma: SIGMA, p_real: P_REAL, confidence: CONFIDENCE, noise_k: NOISE_K, confirm_pairs: CONFIRM_PAIRS, run_minutes: RUN_MINUTES },
@@ -99,6 +115,9 @@ const result = {
     false_keep_rate_at_most_5_percent: ours.false_keep_rate <= 0.05,
     true_keeps_at_least_80_percent_of_strict: ours.true_keeps >= 0.8 * strict.true_keeps,
   },
+  ours_by_noise_floor: Object.fromEntries(
+    Object.entries(byNoiseFloor).map(([floor, s]) => [floor, { false_keep_rate: s.false_keep_rate, true_keeps_of_strict: s.true_keeps / strict.true_keeps, runs_per_campaign: s.runs_per_campaign }]),
+  ),
 };
 writeFileSync(join(HERE, 'results-campaign-sim.json'), `${JSON.stringify(result, null, 2)}\n`);
 
