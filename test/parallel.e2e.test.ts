@@ -122,12 +122,13 @@ describe('two agents over HTTP, two CPU slots, one head (smoke profile)', () => 
     const headText = (await ok(alice, 'read_train_py', { experiment_id: handicap })).text;
     const restore = ['MATRIX_LR', 'EMBED_LR', 'HEAD_LR'].map((name) => changeConstant(headText, name, (v) => String(+(v * 1000).toPrecision(6)), 'smoke'));
     const fast = await ok(alice, 'run_experiment', { description: 'LRs back up, warm-down 0.45', agent: 'alice', edits: [...restore, changeConstant(headText, 'WARMDOWN_FRAC', () => '0.45')] });
-    // A slow start-up (inside the start-up allowance, before the training clock) keeps it running past the keep.
+    // A slow start-up (inside the start-up allowance, before the training clock) keeps it running past
+    // the keep: 20 s, since under load the other run took long enough for 4 s to be over first.
     const anchor = SOFTCAP.exec(headText)?.[0] as string;
     const slow = await ok(bob, 'run_experiment', {
       description: 'LRs back up, softcap 18, slow start',
       agent: 'bob',
-      edits: [...restore, { search: anchor, replace: 'SOFTCAP = 18.0\nimport time\ntime.sleep(4)' }],
+      edits: [...restore, { search: anchor, replace: 'SOFTCAP = 18.0\nimport time\ntime.sleep(20)' }],
     });
     expect(slow.experiment.parent_commit).toBe(back.to);
     await waitFinished(alice, fast.experiment.id);

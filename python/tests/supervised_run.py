@@ -30,10 +30,10 @@ def constants(data_dir):
         return json.load(f)["constants"]
 
 
-def run_supervised(script, data_dir, workdir, seed=42, env=None, budget_clock=None, timeout=600):
+def run_supervised(script, data_dir, workdir, seed=42, env=None, budget_clock=None, time_budget=None, timeout=600):
     """Runs a train.py through supervise.py, unsandboxed. env: variables for the trainer beyond
-    PATH, HOME and the harness's (default: this process's thread settings). Returns (report, log
-    text, handover dir, wall seconds)."""
+    PATH, HOME and the harness's (default: this process's thread settings); time_budget: instead
+    of the profile's TIME_BUDGET. Returns (report, log text, handover dir, wall seconds)."""
     c = constants(data_dir)
     workdir = str(workdir)
     scratch = os.path.join(workdir, "scratch")
@@ -50,7 +50,7 @@ def run_supervised(script, data_dir, workdir, seed=42, env=None, budget_clock=No
         "scratch_host": scratch,
         "handover_dir": os.path.join(workdir, "handover"),
         "seed": seed,
-        "time_budget": c["TIME_BUDGET"], "budget_slack": c["BUDGET_SLACK"],
+        "time_budget": time_budget or c["TIME_BUDGET"], "budget_slack": c["BUDGET_SLACK"],
         "startup_allowance": c["STARTUP_ALLOWANCE"], "export_allowance": c["EXPORT_ALLOWANCE"],
         "max_batch_tokens": 1 << 24,
     }
