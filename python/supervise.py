@@ -67,7 +67,8 @@ PROC_POLL_S = 1.0              # how often the trainer's process tree is sampled
 TREE_SCAN_S = 0.25             # CPU clock: how often /proc is scanned for new processes of the tree
 CPU_CLOCK_WALL_FACTOR = 4.0    # CPU clock: wall seconds of training allowed per second of the limit
 BUDGET_CLOCKS = ("wall", "cpu")
-EOF_GRACE_S = 2.0              # channel closed: time for the trainer to exit before it is killed
+EOF_GRACE_S = 10.0             # channel closed: time for the trainer to exit before it is killed
+                               # (interpreter teardown after the socket closes took over 2 s on a loaded 2-core machine)
 REAP_TIMEOUT_S = 30.0          # after SIGKILL (a process in the GPU driver may take a moment)
 EXIT_NO_RUN = 3                # --standby ended without a run (stdin closed, or the trainer died waiting)
 

@@ -428,9 +428,9 @@ def test_closing_the_channel_without_exiting_is_an_error(tmp_path, smoke_data):
     script = RAW + '''
 batch(1, 8)
 rf.close(); sock.close()
-time.sleep(60)
+time.sleep(120)
 '''
-    r = supervise(tmp_path, smoke_data, script, time_budget=10).report
+    r = supervise(tmp_path, smoke_data, script, time_budget=60).report
     assert r["outcome"] == "error" and "closed the harness channel" in r["reason"], r
 
 
