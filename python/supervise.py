@@ -242,12 +242,11 @@ class CpuClock:
 
     def __init__(self, root: int):
         self.root = root
-        self.members = {}            # pid -> starttime
-        self.scanned = -math.inf
         self.scan()
 
     def scan(self) -> None:
         table = _proc_table()
+        # pid -> starttime (a pid reused by another process later does not count)
         self.members = {pid: table[pid][1] for pid in [self.root, *_descendants(table, self.root)] if pid in table}
         self.scanned = time.monotonic()
 

@@ -1011,18 +1011,15 @@ export class Store {
 
   /** The latest measurement for a profile on a machine (done, or still measuring when `measuring`). */
   latestNoise(profile: string, machine: string, state: NoiseMeasurement['state'] = 'done'): NoiseMeasurement | undefined {
-    const row = this.prepare<[string, string, string], NoiseRecord>(
-      'SELECT * FROM noise_measurements WHERE profile = ? AND machine = ? AND state = ? ORDER BY id DESC LIMIT 1',
-    ).get(profile, machine, state);
-    return row && toNoise(row);
+    return this.recentNoise(profile, machine, 1, state)[0];
   }
 
-  /** The newest finished measurements of a profile and machine, newest first. */
-  recentNoise(profile: string, machine: string, limit: number): NoiseMeasurement[] {
-    return this.prepare<[string, string, number], NoiseRecord>(
-      "SELECT * FROM noise_measurements WHERE profile = ? AND machine = ? AND state = 'done' ORDER BY id DESC LIMIT ?",
+  /** The newest measurements of a profile and machine in a state (finished by default), newest first. */
+  recentNoise(profile: string, machine: string, limit: number, state: NoiseMeasurement['state'] = 'done'): NoiseMeasurement[] {
+    return this.prepare<[string, string, string, number], NoiseRecord>(
+      'SELECT * FROM noise_measurements WHERE profile = ? AND machine = ? AND state = ? ORDER BY id DESC LIMIT ?',
     )
-      .all(profile, machine, limit)
+      .all(profile, machine, state, limit)
       .map(toNoise);
   }
 
