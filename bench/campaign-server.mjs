@@ -6,8 +6,8 @@
 // keeps were real is known. Two rules, each in a fresh smoke workspace with real sandboxed runs
 // and the real evaluator:
 //   strict  keep when val_bpb is below the head's (commit_or_revert keep / discard)
-//   ours    commit_or_revert auto after measure_noise; inconclusive -> confirm pairs, then auto
-//           again; still inconclusive -> discard
+//   ours    commit_or_revert auto after measure_noise; inconclusive -> a round of confirm pairs and
+//           auto again, while the server's figures say worth_confirming; still inconclusive -> discard
 // Counts false keeps (no-effect edits kept), true keeps (helpful edits kept), harmful keeps, every
 // run the server made (candidates, noise, confirmations), and the true gain per simulated
 // GPU-hour (each run counted as RUN_MINUTES of a GPU).
@@ -18,6 +18,7 @@ import { hostname, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ResearchClient } from '../dist/agent/client.js';
 import { createWorkspace } from '../dist/core/init.js';
+import { MAX_CONFIRM_PAIRS } from '../dist/core/keep-rule.js';
 import { Store } from '../dist/core/store.js';
 import { campaignEffects } from './campaign-plan.mjs';
 
@@ -88,12 +89,11 @@ async function campaign(rule) {
       } else {
         const decide = (extra = {}) => client.call('commit_or_revert', { experiment_id: experiment.id, action: 'auto', confidence: CONFIDENCE, ...extra });
         let result = await decide();
-        if (result.decision === 'inconclusive') {
-          result = await decide({ confirm: true, confirm_pairs: CONFIRM_PAIRS });
-          await waitAll(client, result.scheduled);
-          if (result.decision === 'inconclusive') result = await decide();
-          if (result.decision === 'inconclusive') result = await client.call('commit_or_revert', { experiment_id: experiment.id, action: 'discard' });
+        while (result.decision === 'inconclusive' && result.figures.worth_confirming === true) {
+          await waitAll(client, (await decide({ confirm: true, confirm_pairs: CONFIRM_PAIRS })).scheduled);
+          result = await decide();
         }
+        if (result.decision === 'inconclusive') result = await client.call('commit_or_revert', { experiment_id: experiment.id, action: 'discard' });
         decision = result.decision;
       }
       if (decision === 'keep') head = experiment;
@@ -115,6 +115,8 @@ async function campaign(rule) {
     experiments: decisions.length,
     crashed: decisions.filter((d) => d.status !== 'succeeded').length,
     runs,
+    noise_runs: rows.filter((e) => e.kind === 'noise' && e.status !== 'queued' && e.status !== 'cancelled').length,
+    confirm_runs: rows.filter((e) => e.kind === 'confirm' && e.status !== 'queued' && e.status !== 'cancelled').length,
     false_keeps: kept.filter((d) => d.effect === 0).length,
     no_effect_edits: effects.filter((e) => e === 0).length,
     true_keeps: kept.filter((d) => d.effect < 0).length,
@@ -136,7 +138,7 @@ for (const rule of RULES) {
 const output = {
   generated_at: new Date().toISOString(),
   host: hostname(),
-  parameters: { experiments: EXPERIMENTS, slots: SLOTS, p_real: P_REAL, confidence: CONFIDENCE, seed: CAMPAIGN_SEED, noise_k: NOISE_K, confirm_pairs: CONFIRM_PAIRS, run_minutes: RUN_MINUTES, noise_sigma_sharpness: NOISE_SIGMA },
+  parameters: { experiments: EXPERIMENTS, slots: SLOTS, p_real: P_REAL, confidence: CONFIDENCE, seed: CAMPAIGN_SEED, noise_k: NOISE_K, confirm_pairs: CONFIRM_PAIRS, max_confirm_pairs: MAX_CONFIRM_PAIRS, run_minutes: RUN_MINUTES, noise_sigma_sharpness: NOISE_SIGMA },
   results,
 };
 if (results.strict && results.ours) {

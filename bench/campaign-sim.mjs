@@ -6,7 +6,7 @@
 import { writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { keepRule, noiseStats, pooledSigma } from '../dist/core/keep-rule.js';
+import { keepRule, MAX_CONFIRM_PAIRS, noiseStats, pooledSigma, worthConfirming } from '../dist/core/keep-rule.js';
 import { NOISE_POOL, NOISE_STALE_KEEPS } from '../dist/core/lab.js';
 import { campaignEffects, gauss, rng } from './campaign-plan.mjs';
 
@@ -28,7 +28,15 @@ const RUN_MINUTES = 5;
  */
 const NOISE_FLOORS = ['once', 'latest', 'pooled'];
 
-function campaign(seed, rule, noiseFloor = 'pooled') {
+/**
+ * How an inconclusive candidate is confirmed: 'single' one round of CONFIRM_PAIRS pairs, then
+ * decided (the server before the futility stop); 'sequential' rounds of CONFIRM_PAIRS pairs while
+ * worthConfirming says so (up to MAX_CONFIRM_PAIRS, stopping when the gain falls under a share of
+ * the margin: the server now); 'exhaustive' rounds until the cap, with no futility stop.
+ */
+const CONFIRMATIONS = ['single', 'sequential', 'exhaustive'];
+
+function campaign(seed, rule, noiseFloor = 'pooled', confirmation = 'sequential') {
   const rand = rng(seed);
   const plan = campaignEffects(seed, EXPERIMENTS, P_REAL).map((effect) => effect * SIGMA);
   const measure = (q) => q + SIGMA * gauss(rand);
@@ -57,17 +65,21 @@ function campaign(seed, rule, noiseFloor = 'pooled') {
     if (rule === 'strict') {
       keep = value < best;
     } else {
-      let candidate = [value];
-      let verdict = keepRule({ candidate, head, sigma, confidence: CONFIDENCE }).verdict;
-      if (verdict === 'inconclusive') {
+      const candidate = [value];
+      let rule = keepRule({ candidate, head, sigma, confidence: CONFIDENCE });
+      let pairsDone = 0;
+      const another = () =>
+        confirmation === 'single' ? pairsDone === 0 : confirmation === 'exhaustive' ? pairsDone < MAX_CONFIRM_PAIRS : worthConfirming(rule.figures, pairsDone);
+      while (rule.verdict === 'inconclusive' && another()) {
         for (let i = 0; i < CONFIRM_PAIRS; i += 1) {
           candidate.push(measure(quality + effect));
           head = [...head, measure(quality)];
           runs += 2;
         }
-        verdict = keepRule({ candidate, head, sigma, confidence: CONFIDENCE }).verdict;
+        pairsDone += CONFIRM_PAIRS;
+        rule = keepRule({ candidate, head, sigma, confidence: CONFIDENCE });
       }
-      keep = verdict === 'keep';
+      keep = rule.verdict === 'keep';
       if (keep) head = candidate;
     }
     if (keep) {
@@ -83,13 +95,13 @@ function campaign(seed, rule, noiseFloor = 'pooled') {
   return { ...stats, runs, hours, improvement: 1.0 - quality, perGpuHour: (1.0 - quality) / hours };
 }
 
-function summarise(rule, noiseFloor = 'pooled') {
-  const all = Array.from({ length: CAMPAIGNS }, (_, i) => campaign(1000 + i, rule, noiseFloor));
+function summarise(rule, noiseFloor = 'pooled', confirmation = 'sequential') {
+  const all = Array.from({ length: CAMPAIGNS }, (_, i) => campaign(1000 + i, rule, noiseFloor, confirmation));
   const sum = (key) => all.reduce((s, c) => s + c[key], 0);
   const noiseEdits = sum('noiseEdits');
   return {
     rule,
-    ...(rule === 'ours' ? { noise_floor: noiseFloor } : {}),
+    ...(rule === 'ours' ? { noise_floor: noiseFloor, confirmation } : {}),
     campaigns: CAMPAIGNS,
     experiments_per_campaign: EXPERIMENTS,
     false_keeps: sum('falseKeeps'),
@@ -106,18 +118,25 @@ function summarise(rule, noiseFloor = 'pooled') {
 const strict = summarise('strict');
 const ours = summarise('ours');
 const byNoiseFloor = Object.fromEntries(NOISE_FLOORS.map((floor) => [floor, summarise('ours', floor)]));
+const byConfirmation = Object.fromEntries(CONFIRMATIONS.map((way) => [way, summarise('ours', 'pooled', way)]));
+const compared = (summaries) =>
+  Object.fromEntries(
+    Object.entries(summaries).map(([way, s]) => [
+      way,
+      { false_keep_rate: s.false_keep_rate, true_keeps_of_strict: s.true_keeps / strict.true_keeps, harmful_keeps: s.harmful_keeps, runs_per_campaign: s.runs_per_campaign, true_improvement_per_gpu_hour: s.true_improvement_per_gpu_hour },
+    ]),
+  );
 const result = {
   generated_at: new Date().toISOString(),
-  parameters: { sigma: SIGMA, p_real: P_REAL, confidence: CONFIDENCE, noise_k: NOISE_K, confirm_pairs: CONFIRM_PAIRS, run_minutes: RUN_MINUTES },
+  parameters: { sigma: SIGMA, p_real: P_REAL, confidence: CONFIDENCE, noise_k: NOISE_K, confirm_pairs: CONFIRM_PAIRS, max_confirm_pairs: MAX_CONFIRM_PAIRS, run_minutes: RUN_MINUTES },
   strict,
   ours,
   targets: {
     false_keep_rate_at_most_5_percent: ours.false_keep_rate <= 0.05,
     true_keeps_at_least_80_percent_of_strict: ours.true_keeps >= 0.8 * strict.true_keeps,
   },
-  ours_by_noise_floor: Object.fromEntries(
-    Object.entries(byNoiseFloor).map(([floor, s]) => [floor, { false_keep_rate: s.false_keep_rate, true_keeps_of_strict: s.true_keeps / strict.true_keeps, runs_per_campaign: s.runs_per_campaign }]),
-  ),
+  ours_by_noise_floor: compared(byNoiseFloor),
+  ours_by_confirmation: compared(byConfirmation),
 };
 writeFileSync(join(HERE, 'results-campaign-sim.json'), `${JSON.stringify(result, null, 2)}\n`);
 

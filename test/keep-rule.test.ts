@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { classifyChange } from '../src/core/change.js';
-import { inverseNormal, keepRule, mad, noiseStats, pooledSigma, sampleSigma } from '../src/core/keep-rule.js';
+import { FUTILITY_SHARE, MAX_CONFIRM_PAIRS, inverseNormal, keepRule, mad, noiseStats, pooledSigma, sampleSigma, worthConfirming } from '../src/core/keep-rule.js';
 
 describe('inverseNormal', () => {
   it('matches known quantiles', () => {
@@ -62,6 +62,29 @@ describe('keepRule', () => {
   });
   it('refuses a confidence outside (0, 1)', () => {
     expect(() => keepRule({ candidate: [1], head: [1], sigma, confidence: 1 })).toThrow(/confidence/);
+  });
+});
+
+describe('worthConfirming (the sequential confirmation with a futility stop)', () => {
+  const margin = 0.004;
+  it('always confirms a positive gain once, however small', () => {
+    expect(worthConfirming({ gain: 1e-9, margin }, 0)).toBe(true);
+    expect(worthConfirming({ gain: 0.0039, margin }, 0)).toBe(true);
+    expect(worthConfirming({ gain: 0, margin }, 0)).toBe(false);
+    expect(worthConfirming({ gain: -0.001, margin }, 0)).toBe(false);
+  });
+  it('after the first round, goes on only while the gain is at least the futility share of the margin', () => {
+    expect(FUTILITY_SHARE).toBe(0.5);
+    for (const done of [1, 2, 5, MAX_CONFIRM_PAIRS - 1]) {
+      expect(worthConfirming({ gain: FUTILITY_SHARE * margin, margin }, done)).toBe(true);
+      expect(worthConfirming({ gain: 0.0039, margin }, done)).toBe(true);
+      expect(worthConfirming({ gain: FUTILITY_SHARE * margin - 1e-9, margin }, done)).toBe(false);
+      expect(worthConfirming({ gain: -0.001, margin }, done)).toBe(false);
+    }
+  });
+  it('stops at the cap on pairs, however promising', () => {
+    expect(worthConfirming({ gain: 0.0039, margin }, MAX_CONFIRM_PAIRS)).toBe(false);
+    expect(worthConfirming({ gain: 0.0039, margin }, MAX_CONFIRM_PAIRS + 3)).toBe(false);
   });
 });
 

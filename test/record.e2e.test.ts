@@ -236,7 +236,8 @@ describe('the research record (smoke profile, real runs)', () => {
     const started = Date.now();
     const cancelled = await ok(client, 'cancel_experiment', { experiment_id: run.experiment.id });
     expect(cancelled.experiment.status).toBe('cancelled');
-    expect(Date.now() - started).toBeLessThan(2000);
+    // The run sleeps 600 s: a cancel that waited for it would take minutes, not these seconds (loose for a loaded machine).
+    expect(Date.now() - started).toBeLessThan(20_000);
   }, 60_000);
 
   it('passes PRAGMA integrity_check with the system SQLite', () => {
@@ -424,7 +425,9 @@ describe('auto before and after the noise floor, with confirmation runs (smoke p
 
     const decided = await ok(client, 'commit_or_revert', { experiment_id: run.experiment.id });
     expect(['keep', 'discard', 'inconclusive']).toContain(decided.decision);
-    expect(decided.figures).toMatchObject({ rule: 'noise_margin', candidate_runs: 3, confidence: 0.99 });
+    expect(decided.figures).toMatchObject({ rule: 'noise_margin', candidate_runs: 3, confidence: 0.99, confirm_pairs_done: 2 });
+    expect(decided.figures.worth_confirming).toBe(decided.decision === 'inconclusive' && decided.figures.gain >= 0.5 * decided.figures.margin);
+    if (decided.decision === 'inconclusive') expect(decided.next_step).toMatch(decided.figures.worth_confirming ? /confirm: true/ : /discard/);
     expect(decided.figures.head_runs).toBeGreaterThanOrEqual(6);
     const results = await ok(client, 'get_results', { format: 'tsv', limit: 50 });
     const rows = (results.tsv as string).trim().split('\n').filter((r) => !r.startsWith('#'));

@@ -154,10 +154,8 @@ describe('server over stdio (smoke profile)', () => {
 
   it('runs asynchronously: returns at once, reports progress while waiting, and refuses to decide before the end', async () => {
     await ok(server.client, 'start_session', { tag: 'async' });
-    const started = Date.now();
     const run = await ok(server.client, 'run_experiment', { description: 'baseline' });
-    expect(Date.now() - started).toBeLessThan(5000);
-    expect(['queued', 'running']).toContain(run.experiment.status);
+    expect(['queued', 'running']).toContain(run.experiment.status); // returned before the run ended
     expect(await fails(server.client, 'commit_or_revert', { experiment_id: run.experiment.id, action: 'keep' })).toMatch(/wait for it/);
     const progress: number[] = [];
     const result = await server.client.callTool(

@@ -145,6 +145,24 @@ export function keepRule(input: KeepRuleInput): { verdict: Verdict; figures: Kee
   return { verdict: 'inconclusive', figures, reason: `gain within noise: ${numbers}` };
 }
 
+/** Most confirmation pairs one candidate gets: a gain still within noise after these is too small to chase. */
+export const MAX_CONFIRM_PAIRS = 8;
+/** After the first confirmation, more pairs are worth running only while the gain is at least this share of the margin. */
+export const FUTILITY_SHARE = 0.5;
+
+/**
+ * Whether an inconclusive candidate is worth another round of confirmation pairs (a sequential test
+ * with a futility stop): the first round always (one run decides little); later rounds while pairs
+ * remain and the gain is still at least FUTILITY_SHARE of the margin, since a candidate far below
+ * its margin after several pairs almost never crosses it. bench/campaign-sim.mjs measured the
+ * alternatives (a fixed single round; rounds until the cap with no futility stop).
+ */
+export function worthConfirming(figures: Pick<KeepRuleFigures, 'gain' | 'margin'>, pairsDone: number): boolean {
+  if (pairsDone >= MAX_CONFIRM_PAIRS) return false;
+  if (pairsDone === 0) return figures.gain > 0;
+  return figures.gain >= FUTILITY_SHARE * figures.margin;
+}
+
 /** The old rule, kept for comparison (bench/): keep any strictly lower value than the best. */
 export function strictRule(candidate: number, best: number): Verdict {
   return candidate < best ? 'keep' : 'discard';

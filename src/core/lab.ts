@@ -6,7 +6,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { availableParallelism, hostname } from 'node:os';
 import { join } from 'node:path';
 import { classifyChange } from './change.js';
-import { keepRule, noiseStats, pooledSigma } from './keep-rule.js';
+import { FUTILITY_SHARE, MAX_CONFIRM_PAIRS, keepRule, noiseStats, pooledSigma, worthConfirming } from './keep-rule.js';
 import { UserError } from './errors.js';
 import { gpuUsage, type GpuUsage } from './gpus.js';
 import { contentHash, FileHashCache, sha256 } from './hashing.js';
@@ -1417,9 +1417,11 @@ export class Lab extends EventEmitter {
       );
     }
     const rule = keepRule({ candidate: this.candidateValues(experiment), head: headValues, sigma: floor.sigma, confidence, minImprovement });
-    const figures = { ...rule.figures, noise_id: floor.id, noise_k: floor.k, noise_stale: floor.stale };
-    // confirm: true asks for paired re-runs before deciding (once), and again while still inconclusive.
-    const wantsConfirmation = options.confirm === true && (this.store.confirmationsOf(id).length === 0 || rule.verdict === 'inconclusive');
+    const pairsDone = Math.floor(this.store.confirmationsOf(id).length / 2);
+    const worth = rule.verdict === 'inconclusive' && worthConfirming(rule.figures, pairsDone);
+    const figures = { ...rule.figures, noise_id: floor.id, noise_k: floor.k, noise_stale: floor.stale, confirm_pairs_done: pairsDone, worth_confirming: worth };
+    // confirm: true asks for paired re-runs before deciding (once), and again while inconclusive and worth it.
+    const wantsConfirmation = options.confirm === true && (pairsDone === 0 || worth);
     if (rule.verdict === 'keep' && options.siblings !== false) {
       const better = this.betterSibling(experiment, headValues, floor.sigma, confidence, minImprovement);
       if (better) {
@@ -1435,7 +1437,7 @@ export class Lab extends EventEmitter {
     }
     if (rule.verdict !== 'inconclusive' && !wantsConfirmation) return done(rule.verdict, rule.reason, figures, scheduled);
     if (wantsConfirmation) {
-      const pairs = options.confirmPairs ?? DEFAULT_CONFIRM_PAIRS;
+      const pairs = Math.min(options.confirmPairs ?? DEFAULT_CONFIRM_PAIRS, MAX_CONFIRM_PAIRS - pairsDone);
       const parentHash = await this.programHash(experiment.parentCommit);
       for (const seed of distinctSeeds(pairs)) {
         // A pair shares its seed (data order and initialisation), so the difference is paired.
@@ -1453,12 +1455,25 @@ export class Lab extends EventEmitter {
         `wait for experiments ${scheduled.join(', ')}, then call commit_or_revert({experiment_id: ${id}}) again`,
       );
     }
+    if (worth) {
+      return done(
+        'inconclusive',
+        rule.reason,
+        figures,
+        scheduled,
+        `confirm with commit_or_revert({experiment_id: ${id}, confirm: true}) (re-runs candidate and head with fresh seeds), or discard it`,
+      );
+    }
+    const futile =
+      pairsDone >= MAX_CONFIRM_PAIRS
+        ? `${pairsDone} confirmation pairs have run, the most one candidate gets`
+        : `after ${pairsDone} confirmation pair(s) the gain is under ${FUTILITY_SHARE} of the margin, which more pairs almost never overturn`;
     return done(
       'inconclusive',
-      rule.reason,
+      `${rule.reason}; not worth confirming further: ${futile}`,
       figures,
       scheduled,
-      `confirm with commit_or_revert({experiment_id: ${id}, confirm: true}) (re-runs candidate and head with fresh seeds), or discard it`,
+      `discard it (commit_or_revert({experiment_id: ${id}, action: "discard"})): if a real gain is there, it is too small to tell from noise at this confidence`,
     );
   }
 

@@ -12,7 +12,9 @@ export const commitOrRevert = defineTool({
     'keeps its commit under refs/autoresearch/discarded/ and restores train.py if it held it. auto: keeps only when the gain ' +
     'over the head (mean of every run of the head) exceeds a margin from the measured noise: z(confidence) x sigma x ' +
     'sqrt(1/runs_candidate + 1/runs_head), or min_improvement if larger; not better -> discard; in between -> "inconclusive" ' +
-    '(stays undecided: pass confirm: true to re-run candidate and head in pairs with fresh seeds, then call again). Before the ' +
+    '(stays undecided: pass confirm: true to re-run candidate and head in pairs with fresh seeds, then call again; ' +
+    'figures.worth_confirming says whether another round can still settle it: the first round always, later ones while the gain ' +
+    'is at least half the margin, up to 8 pairs; otherwise discard it). Before the ' +
     'noise floor is measured auto queues the noise runs and answers inconclusive; unchanged programs and seed-only changes are ' +
     'discarded, failed runs always. Every decision records its figures. Decisions are final: undo moves the branch back. ' +
     'Parallel candidates from one parent: auto keeps the best first; a real gain whose parent is no longer the head is ' +
@@ -25,7 +27,7 @@ export const commitOrRevert = defineTool({
       .number()
       .default(DEFAULT_CONFIDENCE)
       .describe('auto: one-sided confidence in (0, 1) that a kept gain is not luck (z = inverse normal of it)'),
-    confirm: z.boolean().default(false).describe('auto: queue confirmation pairs (candidate and head, fresh shared seeds) before deciding, and again while inconclusive'),
+    confirm: z.boolean().default(false).describe('auto: queue confirmation pairs (candidate and head, fresh shared seeds) before deciding, and again while inconclusive and worth confirming'),
     confirm_pairs: z.number().int().min(1).max(10).default(DEFAULT_CONFIRM_PAIRS),
   },
   output: {
