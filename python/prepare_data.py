@@ -51,6 +51,7 @@ from prepare import (HarnessError, SPECIAL_TOKENS, SPLIT_PATTERN, Tokenizer, _SP
 #                          (at most 5 % of TIME_BUDGET: time to notice the budget and hand over)
 #   STARTUP_ALLOWANCE      seconds from the trainer's start to its first batch (imports, model set-up)
 #   EXPORT_ALLOWANCE       seconds from the hand-over of the weights to the exported model
+#   SCRATCH_BYTES          size of a run's scratch and /tmp (tmpfs, in memory); optional, 4 GiB when absent
 PROFILES = {
     "gpu": {   # upstream-like: one big GPU, 5-minute runs
         "MAX_SEQ_LEN": 2048,
@@ -90,13 +91,14 @@ PROFILES = {
         "BUDGET_SLACK": 0.15,
         "STARTUP_ALLOWANCE": 60,
         "EXPORT_ALLOWANCE": 60,
+        "SCRATCH_BYTES": 512 << 20,   # its model is tiny; a run that fills its scratch fills it in seconds
     },
 }
 
 
 
 RUNTIME_CONSTANTS = ("MAX_SEQ_LEN", "TIME_BUDGET", "VOCAB_SIZE", "EVAL_BATCH", "BUDGET_SLACK",
-                     "STARTUP_ALLOWANCE", "EXPORT_ALLOWANCE")   # copied into the manifest as they are
+                     "STARTUP_ALLOWANCE", "EXPORT_ALLOWANCE", "SCRATCH_BYTES")   # copied into the manifest where set
 
 DEFAULT_DATA_DIR = "data"
 DATA_FILES = ("tokenizer.json", "token_bytes.bin", "train.bin", "val.bin")
@@ -797,7 +799,7 @@ def prepare(profile: str, data_dir: str, corpus_specs=None, sotu_dir: str = None
         raise HarnessError(f"cannot move {e.filename} into place: {e.strerror}; is another preparation "
                            f"writing {data_dir}? Run the command again") from None
 
-    constants = {k: const[k] for k in RUNTIME_CONSTANTS}
+    constants = {k: const[k] for k in RUNTIME_CONSTANTS if k in const}
     constants["EVAL_TOKENS"] = eval_tokens
     constants["EVAL_TOKENS_PROFILE"] = const["EVAL_TOKENS"]
     constants["TOKENIZER_TRAIN_CHARS"] = const["TOKENIZER_TRAIN_CHARS"]
