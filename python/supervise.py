@@ -440,17 +440,21 @@ class Supervisor:
 
     def check_cpu_budget(self, now: float) -> None:
         if self.cpu_clock is not None and self.t_handover is None and self.used(now) > self.limit:
-            raise self.over("training", now)
+            raise Stop("over_budget", f"training: {self.used(now):.2f} CPU s ({now - self.t_first:.2f} s of wall "
+                                      f"time) without handing over, past TIME_BUDGET {self.budget:g} s + slack "
+                                      f"{self.spec['budget_slack']:g} s of CPU time")
 
     def over(self, phase: str, now: float) -> Stop:
         if phase == "startup":
             return Stop("over_budget", f"startup: no training batch was requested within the startup allowance "
                                        f"of {self.spec['startup_allowance']:g} s ({now - self.t_spawn:.2f} s)")
         if phase == "training" and self.cpu_clock is not None:
-            return Stop("over_budget", f"training: {self.used(now):.2f} CPU s ({now - self.t_first:.2f} s of wall "
-                                       f"time) without handing over; the limit is TIME_BUDGET {self.budget:g} s + "
-                                       f"slack {self.spec['budget_slack']:g} s of CPU time, within "
-                                       f"{CPU_CLOCK_WALL_FACTOR:g} times that of wall time")
+            # the wall guard: a trainer that sleeps, waits, or is starved of CPU by the machine
+            return Stop("over_budget", f"training: {now - self.t_first:.2f} s of wall time without handing over, "
+                                       f"past {CPU_CLOCK_WALL_FACTOR:g} times the CPU-time limit of TIME_BUDGET "
+                                       f"{self.budget:g} s + slack {self.spec['budget_slack']:g} s; it used "
+                                       f"{self.used(now):.2f} CPU s (the trainer waited, or the machine gave it "
+                                       f"little CPU)")
         if phase == "training":
             return Stop("over_budget", f"training: {now - self.t_first:.2f} s without handing over, past "
                                        f"TIME_BUDGET {self.budget:g} s + slack {self.spec['budget_slack']:g} s")
