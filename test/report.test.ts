@@ -483,7 +483,7 @@ describe('HTML report in a real browser', () => {
       ...data,
       workspace: '/tmp/<img src=x onerror=alert(1)>',
       branch: 'autoresearch/"><script>alert(2)</script>',
-      experiments: [...data.experiments, exp(99, { status: 'running', valBpb: null, candidateCommit: null })],
+      experiments: [...data.experiments, exp(98, { kind: 'noise', valBpb: 1.0 }), exp(99, { status: 'running', valBpb: null, candidateCommit: null })],
       audit: data.audit && { ...data.audit, chain: { ok: false, rows: 41, firstBadSeq: 42, reason: 'hash does not match the row contents: the row was edited' } },
       integrity: { ...data.integrity, harnessIntact: false, harnessDrift: ['val.bin'] },
     });
@@ -492,6 +492,11 @@ describe('HTML report in a real browser', () => {
     expect(html).toContain('broken at row 42');
     expect(html).not.toMatch(/<img src=x|<script>alert/);
     expect(html).toContain('/tmp/&lt;img src=x onerror=alert(1)&gt;');
+    // a noise run is counted as what it is, not as an undecided change
+    expect(html).toContain('1 noise/confirmation runs');
+    expect(renderReportHtml({ ...data, experiments: [...data.experiments, exp(98, { kind: 'noise', valBpb: 1.0 })] }).match(/(\d+) undecided/)?.[1]).toBe(
+      renderReportHtml(data).match(/(\d+) undecided/)?.[1],
+    );
     // the first Lab's start-up repair cancelled the commit-less queued experiment, so it is finished now
     expect(data.experiments.find((e) => e.id === STEPS.length)?.status).toBe('cancelled');
     expect(pointCount(html)).toBe(workspace.finished);

@@ -968,8 +968,11 @@ export function renderReportHtml(data: ReportData): string {
   const byId = new Map(experiments.map((e) => [e.id, e]));
   const { baseline, best } = baselineAndBest(experiments);
   const finished = experiments.filter(isFinished);
+  const isCandidate = (e: Experiment) => e.kind === undefined || e.kind === 'candidate';
+  // Noise and confirmation runs re-measure a commit: counted apart, never as undecided changes.
+  const remeasured = finished.filter((e) => !isCandidate(e)).length;
   const counts = { keep: 0, discard: 0, pending: 0, crash: 0 };
-  for (const e of finished) counts[resultStatus(e)] += 1;
+  for (const e of finished.filter(isCandidate)) counts[resultStatus(e)] += 1;
   const active = experiments.length - finished.length;
   const sessionName = data.session ?? data.branch;
 
@@ -997,7 +1000,14 @@ export function renderReportHtml(data: ReportData): string {
     card(
       'Experiments',
       String(experiments.length),
-      [`${counts.keep} kept`, `${counts.discard} discarded`, counts.pending ? `${counts.pending} undecided` : '', `${counts.crash} crashed`, active ? `${active} queued/running` : '']
+      [
+        `${counts.keep} kept`,
+        `${counts.discard} discarded`,
+        counts.pending ? `${counts.pending} undecided` : '',
+        `${counts.crash} crashed`,
+        remeasured ? `${remeasured} noise/confirmation runs` : '',
+        active ? `${active} queued/running` : '',
+      ]
         .filter(Boolean)
         .join(' · '),
       '',
