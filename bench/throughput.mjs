@@ -1,0 +1,119 @@
+// Throughput of the lab against its number of slots: experiments per hour, how busy each slot is
+// while candidates wait, and the gap between one run's end and the next run's start on a slot.
+// For each slot count N, a fresh smoke-profile workspace and the real server (stdio, in-process,
+// `--slots N` CPU slots), a kept baseline, then N simulated agents over that one connection: each
+// waits THINK seconds (reading its result, choosing a change), submits a change against the head
+// (run_experiment with edits: a distinct WARMDOWN_FRAC), waits for the result and discards it,
+// until EXPERIMENTS candidates have run. The figures come from the stored rows (queued, started,
+// finished, slot), not from the client's clock.
+// Usage: npm run build && node bench/throughput.mjs [slot counts, e.g. 1,2,4,8] [experiments per count] [think seconds]
+//        (writes bench/results-throughput-<host>.json)
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { cpus, hostname, tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { ResearchClient } from '../dist/agent/client.js';
+import { createWorkspace } from '../dist/core/init.js';
+import { Store } from '../dist/core/store.js';
+
+const ROOT = resolve(import.meta.dirname, '..');
+const PYTHON = process.env.AUTORESEARCH_PYTHON ?? new URL('../python/.venv/bin/python', import.meta.url).pathname;
+const SLOT_COUNTS = (process.argv[2] ?? '1,2,4,8').split(',').map(Number);
+const EXPERIMENTS = Number(process.argv[3] ?? 16);
+const THINK = Number(process.argv[4] ?? 2);
+
+const sleep = (seconds) => new Promise((resolvePromise) => setTimeout(resolvePromise, seconds * 1000));
+const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
+
+async function measure(slots) {
+  const root = mkdtempSync(join(tmpdir(), `ar-throughput-${slots}-`));
+  const workspace = join(root, 'ws');
+  await createWorkspace(workspace, { profile: 'smoke', python: PYTHON, dataDir: join(root, 'data') });
+  const client = await ResearchClient.spawn(workspace, { serverArgs: ['--slots', String(slots)], serverLog: join(root, 'server.log') });
+  await client.call('start_session', { tag: `throughput-${slots}` });
+  const baseline = await client.call('run_experiment', { description: 'baseline' });
+  await client.waitForExperiment(baseline.experiment.id);
+  await client.call('commit_or_revert', { experiment_id: baseline.experiment.id, action: 'keep' });
+  const text = (await client.call('read_train_py', {})).text;
+  const line = /^WARMDOWN_FRAC = .*$/m.exec(text)?.[0];
+  if (!line) throw new Error('train.py has no WARMDOWN_FRAC line to vary');
+
+  let submitted = 0;
+  const ids = [];
+  const agent = async (name) => {
+    while (submitted < EXPERIMENTS) {
+      const n = submitted++;
+      await sleep(THINK);
+      const value = (0.3 + n * 0.01).toFixed(2);
+      const queued = await client.call('run_experiment', {
+        description: `warm-down ${value}`,
+        agent: name,
+        edits: [{ search: line, replace: line.replace(/= [\d.]+/, `= ${value}`) }],
+      });
+      ids.push(queued.experiment.id);
+      const finished = await client.waitForExperiment(queued.experiment.id);
+      if (finished.status === 'succeeded') await client.call('commit_or_revert', { experiment_id: queued.experiment.id, action: 'discard' });
+    }
+  };
+  await Promise.all(Array.from({ length: slots }, (_, i) => agent(`agent-${i + 1}`)));
+  await client.close();
+
+  const store = Store.open(join(workspace, '.autoresearch', 'state.db'));
+  const rows = ids.map((id) => store.getExperiment(id));
+  store.close();
+  const start = Math.min(...rows.map((e) => e.startedAt));
+  const end = Math.max(...rows.map((e) => e.finishedAt));
+  const perSlot = [];
+  const gaps = [];
+  for (let slot = 0; slot < slots; slot++) {
+    const runs = rows.filter((e) => e.slot === slot).sort((a, b) => a.startedAt - b.startedAt);
+    const busy = runs.reduce((sum, e) => sum + (e.finishedAt - e.startedAt), 0);
+    // A gap counts where the next candidate was already queued when the slot's run ended.
+    let waitingGap = 0;
+    for (let i = 1; i < runs.length; i++) {
+      if (runs[i].queuedAt <= runs[i - 1].finishedAt) {
+        const gap = runs[i].startedAt - runs[i - 1].finishedAt;
+        gaps.push(gap / 1000);
+        waitingGap += gap;
+      }
+    }
+    perSlot.push({ slot, runs: runs.length, busy_share: +(busy / (end - start)).toFixed(3), busy_share_while_waiting: +(busy / (busy + waitingGap)).toFixed(4) });
+  }
+  const statuses = {};
+  for (const e of rows) statuses[e.status] = (statuses[e.status] ?? 0) + 1;
+  return {
+    slots,
+    experiments: rows.length,
+    statuses,
+    window_seconds: +((end - start) / 1000).toFixed(1),
+    experiments_per_hour: +((rows.length / (end - start)) * 3_600_000).toFixed(0),
+    median_run_seconds: +(median(rows.map((e) => e.finishedAt - e.startedAt)) / 1000).toFixed(2),
+    median_training_seconds: median(rows.map((e) => e.trainingSeconds ?? 0)),
+    gaps_while_waiting: gaps.length,
+    median_gap_seconds: gaps.length ? +median(gaps).toFixed(3) : null,
+    max_gap_seconds: gaps.length ? +Math.max(...gaps).toFixed(3) : null,
+    per_slot: perSlot,
+  };
+}
+
+const results = [];
+for (const slots of SLOT_COUNTS) {
+  process.stderr.write(`${slots} slot(s): ${EXPERIMENTS} experiments, think ${THINK} s...\n`);
+  const row = await measure(slots);
+  results.push(row);
+  process.stderr.write(`  ${row.experiments_per_hour} experiments/h, median run ${row.median_run_seconds} s, median gap while waiting ${row.median_gap_seconds} s, ${JSON.stringify(row.statuses)}\n`);
+}
+const one = results.find((r) => r.slots === 1);
+const report = {
+  machine: `${hostname()} (${cpus().length} x ${cpus()[0]?.model ?? 'cpu'})`,
+  date: new Date().toISOString(),
+  profile: 'smoke',
+  backend: 'local CPU slots',
+  think_seconds: THINK,
+  omp_num_threads: process.env.OMP_NUM_THREADS ?? 'default (one per core; several slots share the cores out)',
+  results: results.map((r) => ({ ...r, per_hour_against_linear: one ? +(r.experiments_per_hour / (one.experiments_per_hour * r.slots)).toFixed(3) : null })),
+  note: 'experiments_per_hour: candidates finished over the window from the first start to the last finish. busy_share_while_waiting: a slot\'s run time over its run time plus the gaps between a run\'s end and the next run\'s start where that next candidate was already queued. per_hour_against_linear: experiments_per_hour / (N x the one-slot figure). CPU slots share this machine\'s cores, so more slots than cores cannot scale: the figure measures the dispatch, not GPU scaling.',
+};
+const out = join(ROOT, 'bench', `results-throughput-${hostname()}.json`);
+writeFileSync(out, `${JSON.stringify(report, null, 2)}\n`);
+process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+process.stderr.write(`written: ${out}\n`);
