@@ -1,12 +1,12 @@
 // Throughput of the lab against its number of slots: experiments per hour, how busy each slot is
 // while candidates wait, and the gap between one run's end and the next run's start on a slot.
 // For each slot count N, a fresh smoke-profile workspace and the real server (stdio, in-process,
-// `--slots N` CPU slots), a kept baseline, then N simulated agents over that one connection: each
+// `--slots N` CPU slots), a kept baseline, then N x AGENTS_PER_SLOT simulated agents over that one connection: each
 // waits THINK seconds (reading its result, choosing a change), submits a change against the head
 // (run_experiment with edits: a distinct WARMDOWN_FRAC), waits for the result and discards it,
 // until EXPERIMENTS candidates have run. The figures come from the stored rows (queued, started,
 // finished, slot), not from the client's clock.
-// Usage: npm run build && node bench/throughput.mjs [slot counts, e.g. 1,2,4,8] [experiments per count] [think seconds]
+// Usage: npm run build && node bench/throughput.mjs [slot counts, e.g. 1,2,4,8] [experiments per count] [think seconds] [agents per slot]
 //        (writes bench/results-throughput-<host>.json)
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { cpus, hostname, tmpdir } from 'node:os';
@@ -20,6 +20,8 @@ const PYTHON = process.env.AUTORESEARCH_PYTHON ?? new URL('../python/.venv/bin/p
 const SLOT_COUNTS = (process.argv[2] ?? '1,2,4,8').split(',').map(Number);
 const EXPERIMENTS = Number(process.argv[3] ?? 16);
 const THINK = Number(process.argv[4] ?? 2);
+// Two agents per slot keep a candidate waiting while a run trains, so the gap between runs is measured.
+const AGENTS_PER_SLOT = Number(process.argv[5] ?? 2);
 
 const sleep = (seconds) => new Promise((resolvePromise) => setTimeout(resolvePromise, seconds * 1000));
 const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
@@ -54,7 +56,7 @@ async function measure(slots) {
       if (finished.status === 'succeeded') await client.call('commit_or_revert', { experiment_id: queued.experiment.id, action: 'discard' });
     }
   };
-  await Promise.all(Array.from({ length: slots }, (_, i) => agent(`agent-${i + 1}`)));
+  await Promise.all(Array.from({ length: slots * AGENTS_PER_SLOT }, (_, i) => agent(`agent-${i + 1}`)));
   await client.close();
 
   const store = Store.open(join(workspace, '.autoresearch', 'state.db'));
@@ -109,6 +111,7 @@ const report = {
   profile: 'smoke',
   backend: 'local CPU slots',
   think_seconds: THINK,
+  agents_per_slot: AGENTS_PER_SLOT,
   omp_num_threads: process.env.OMP_NUM_THREADS ?? 'default (one per core; several slots share the cores out)',
   results: results.map((r) => ({ ...r, per_hour_against_linear: one ? +(r.experiments_per_hour / (one.experiments_per_hour * r.slots)).toFixed(3) : null })),
   note: 'experiments_per_hour: candidates finished over the window from the first start to the last finish. busy_share_while_waiting: a slot\'s run time over its run time plus the gaps between a run\'s end and the next run\'s start where that next candidate was already queued. per_hour_against_linear: experiments_per_hour / (N x the one-slot figure). CPU slots share this machine\'s cores, so more slots than cores cannot scale: the figure measures the dispatch, not GPU scaling.',
