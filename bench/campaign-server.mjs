@@ -106,7 +106,8 @@ async function campaign(rule) {
   const store = Store.open(join(workspace, '.autoresearch', 'state.db'));
   const rows = store.listExperiments({});
   store.close();
-  const runs = rows.filter((e) => e.status !== 'queued' && e.status !== 'cancelled').length - 2; // less baseline and stand-in set-up
+  const ran = rows.filter((e) => e.status !== 'queued' && e.status !== 'cancelled');
+  const runs = ran.length - 2; // less baseline and stand-in set-up
   const kept = decisions.filter((d) => d.decision === 'keep');
   const gain = kept.reduce((sum, d) => sum - d.effect, 0); // in sigma units of the stand-in's noise
   const hours = (runs * RUN_MINUTES) / 60;
@@ -115,8 +116,8 @@ async function campaign(rule) {
     experiments: decisions.length,
     crashed: decisions.filter((d) => d.status !== 'succeeded').length,
     runs,
-    noise_runs: rows.filter((e) => e.kind === 'noise' && e.status !== 'queued' && e.status !== 'cancelled').length,
-    confirm_runs: rows.filter((e) => e.kind === 'confirm' && e.status !== 'queued' && e.status !== 'cancelled').length,
+    noise_runs: ran.filter((e) => e.kind === 'noise').length,
+    confirm_runs: ran.filter((e) => e.kind === 'confirm').length,
     false_keeps: kept.filter((d) => d.effect === 0).length,
     no_effect_edits: effects.filter((e) => e === 0).length,
     true_keeps: kept.filter((d) => d.effect < 0).length,

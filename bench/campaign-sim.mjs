@@ -66,20 +66,20 @@ function campaign(seed, rule, noiseFloor = 'pooled', confirmation = 'sequential'
       keep = value < best;
     } else {
       const candidate = [value];
-      let rule = keepRule({ candidate, head, sigma, confidence: CONFIDENCE });
+      let judged = keepRule({ candidate, head, sigma, confidence: CONFIDENCE });
       let pairsDone = 0;
       const another = () =>
-        confirmation === 'single' ? pairsDone === 0 : confirmation === 'exhaustive' ? pairsDone < MAX_CONFIRM_PAIRS : worthConfirming(rule.figures, pairsDone);
-      while (rule.verdict === 'inconclusive' && another()) {
+        confirmation === 'single' ? pairsDone === 0 : confirmation === 'exhaustive' ? pairsDone < MAX_CONFIRM_PAIRS : worthConfirming(judged.figures, pairsDone);
+      while (judged.verdict === 'inconclusive' && another()) {
         for (let i = 0; i < CONFIRM_PAIRS; i += 1) {
           candidate.push(measure(quality + effect));
           head = [...head, measure(quality)];
           runs += 2;
         }
         pairsDone += CONFIRM_PAIRS;
-        rule = keepRule({ candidate, head, sigma, confidence: CONFIDENCE });
+        judged = keepRule({ candidate, head, sigma, confidence: CONFIDENCE });
       }
-      keep = rule.verdict === 'keep';
+      keep = judged.verdict === 'keep';
       if (keep) head = candidate;
     }
     if (keep) {

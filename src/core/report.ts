@@ -61,6 +61,11 @@ export function isFinished(experiment: Pick<Experiment, 'status'>): boolean {
   return isFinishedStatus(experiment.status);
 }
 
+/** A change measured against its parent; noise and confirmation runs only re-measure a commit. */
+function isCandidate(experiment: Pick<Experiment, 'kind'>): boolean {
+  return experiment.kind === undefined || experiment.kind === 'candidate';
+}
+
 /** A finished experiment with a usable metric: it succeeded and recorded a finite val_bpb. */
 export function hasMetric(experiment: Pick<Experiment, 'status' | 'valBpb'>): boolean {
   return experiment.status === 'succeeded' && isNum(experiment.valBpb);
@@ -106,7 +111,7 @@ export function resultsTsv(experiments: Experiment[], options: { noise?: NoiseBa
   const rows = ['commit\tval_bpb\tmemory_gb\tstatus\tdescription'];
   for (const experiment of experiments) {
     if (!isFinished(experiment)) continue;
-    if (experiment.kind !== undefined && experiment.kind !== 'candidate') continue;
+    if (!isCandidate(experiment)) continue;
     const status = resultStatus(experiment);
     const commit = experiment.candidateCommit ? experiment.candidateCommit.slice(0, 7) : '-------';
     const valBpb = status === 'crash' ? '0.000000' : (experiment.valBpb as number).toFixed(6);
@@ -254,7 +259,7 @@ export function progressChartSvg(experiments: Experiment[], options: ChartOption
   const maxLabelChars = options.maxLabelChars ?? 42;
   const maxLabels = options.maxLabels ?? 14;
   // Noise and confirmation runs re-measure existing commits; the chart shows candidates.
-  const finished = experiments.filter((e) => isFinished(e) && (e.kind === undefined || e.kind === 'candidate')).sort((a, b) => a.id - b.id);
+  const finished = experiments.filter((e) => isFinished(e) && isCandidate(e)).sort((a, b) => a.id - b.id);
   const open = `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 ${width} ${height}" width="${width}" height="${height}" role="img" font-family="${FONT}" class="progress-chart"`;
   const titleText = `<text x="24" y="30" font-size="17" font-weight="600" fill="${COLOR.ink}">${escapeHtml(title)}</text>`;
   if (finished.length === 0) {
@@ -968,7 +973,6 @@ export function renderReportHtml(data: ReportData): string {
   const byId = new Map(experiments.map((e) => [e.id, e]));
   const { baseline, best } = baselineAndBest(experiments);
   const finished = experiments.filter(isFinished);
-  const isCandidate = (e: Experiment) => e.kind === undefined || e.kind === 'candidate';
   // Noise and confirmation runs re-measure a commit: counted apart, never as undecided changes.
   const remeasured = finished.filter((e) => !isCandidate(e)).length;
   const counts = { keep: 0, discard: 0, pending: 0, crash: 0 };

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { MAX_CONFIRM_PAIRS } from '../core/keep-rule.js';
 import { DEFAULT_CONFIDENCE, DEFAULT_CONFIRM_PAIRS } from '../core/lab.js';
 import { defineTool } from './define.js';
 import { experimentIdArg, experimentShape, experimentView, noiseFloorShape, noiseFloorView, noiseShape } from './shapes.js';
@@ -14,7 +15,7 @@ export const commitOrRevert = defineTool({
     'sqrt(1/runs_candidate + 1/runs_head), or min_improvement if larger; not better -> discard; in between -> "inconclusive" ' +
     '(stays undecided: pass confirm: true to re-run candidate and head in pairs with fresh seeds, then call again; ' +
     'figures.worth_confirming says whether another round can still settle it: the first round always, later ones while the gain ' +
-    'is at least half the margin, up to 8 pairs; otherwise discard it). Before the ' +
+    `is at least half the margin, up to ${MAX_CONFIRM_PAIRS} pairs; otherwise discard it). Before the ` +
     'noise floor is measured auto queues the noise runs and answers inconclusive; unchanged programs and seed-only changes are ' +
     'discarded, failed runs always. Every decision records its figures. Decisions are final: undo moves the branch back. ' +
     'Parallel candidates from one parent: auto keeps the best first; a real gain whose parent is no longer the head is ' +
