@@ -13,14 +13,15 @@
 // GPU-hour (each run counted as RUN_MINUTES of a GPU).
 // Usage: npm run build && node bench/campaign-server.mjs [--experiments=200] [--slots=2] [--rules=strict,ours] [--label=L]
 //        (writes bench/results-campaign-server-<host>[-L].json)
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { hostname, tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ResearchClient } from '../dist/agent/client.js';
 import { createWorkspace } from '../dist/core/init.js';
 import { MAX_CONFIRM_PAIRS } from '../dist/core/keep-rule.js';
 import { Store } from '../dist/core/store.js';
 import { campaignEffects } from './campaign-plan.mjs';
+import { scratchDir } from './scratch.mjs';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const args = Object.fromEntries(process.argv.slice(2).map((a) => a.replace(/^--/, '').split('=')));
@@ -57,7 +58,7 @@ async function runAndKeep(client, description, edits) {
 
 async function campaign(rule) {
   const started = Date.now();
-  const root = mkdtempSync(join(tmpdir(), `ar-campaign-${rule}-`));
+  const root = scratchDir(`ar-campaign-${rule}-`);
   const workspace = join(root, 'ws');
   await createWorkspace(workspace, { profile: 'smoke', python: PYTHON, dataDir: join(root, 'data') });
   const client = await ResearchClient.spawn(workspace, { serverArgs: ['--slots', String(SLOTS)], serverLog: join(root, 'server.log') });

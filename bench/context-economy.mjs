@@ -10,11 +10,12 @@
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import { countTokens } from 'gpt-tokenizer/encoding/o200k_base';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { cpus, hostname, tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { cpus, hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { constantEdit, constantNumber, entryFor } from '../dist/agent/plan.js';
 import { createWorkspace } from '../dist/core/init.js';
+import { scratchDir } from './scratch.mjs';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const PYTHON = process.env.AUTORESEARCH_PYTHON ?? new URL('../python/.venv/bin/python', import.meta.url).pathname;
@@ -27,7 +28,7 @@ const FLOATS = ['MATRIX_LR', 'EMBED_LR', 'HEAD_LR', 'SCALAR_LR', 'WARMDOWN_FRAC'
 const FACTORS = [0.7, 1.3, 0.85, 1.15, 0.6, 1.5, 0.9, 1.1, 0.5];
 const IDEAS = FACTORS.flatMap((factor) => FLOATS.map((name) => ({ name, factor })));
 
-const root = mkdtempSync(join(tmpdir(), 'ar-context-'));
+const root = scratchDir('ar-context-');
 const workspace = join(root, 'ws');
 process.stderr.write('preparing a smoke-profile workspace...\n');
 await createWorkspace(workspace, { profile: 'smoke', python: PYTHON, dataDir: join(root, 'data') });

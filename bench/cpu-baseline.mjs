@@ -10,13 +10,14 @@
 // wall-clock time, so load elsewhere shows up as fewer steps.
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { cpus, hostname, loadavg, tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
+import { cpus, hostname, loadavg } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { constantEdit } from '../dist/agent/plan.js';
 import { createWorkspace } from '../dist/core/init.js';
 import { Store } from '../dist/core/store.js';
+import { scratchDir } from './scratch.mjs';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const PYTHON = process.env.AUTORESEARCH_PYTHON ?? join(ROOT, 'python', '.venv', 'bin', 'python');
@@ -45,7 +46,7 @@ async function waitFinished(client, id) {
   }
 }
 
-const root = mkdtempSync(join(tmpdir(), 'ar-cpu-baseline-'));
+const root = scratchDir('ar-cpu-baseline-');
 const workspace = join(root, 'ws');
 process.stderr.write(`preparing a cpu-profile workspace with ${PYTHON}...\n`);
 await createWorkspace(workspace, { profile: 'cpu', python: PYTHON, dataDir: join(root, 'data') });

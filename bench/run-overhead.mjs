@@ -9,11 +9,12 @@
 //        (writes bench/results-run-overhead-<host>.json, -think<S>- in the name when THINK > 0)
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { cpus, hostname, loadavg, tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
+import { cpus, hostname, loadavg } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createWorkspace } from '../dist/core/init.js';
 import { Store } from '../dist/core/store.js';
+import { scratchDir } from './scratch.mjs';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const PYTHON = process.env.AUTORESEARCH_PYTHON ?? new URL('../python/.venv/bin/python', import.meta.url).pathname;
@@ -48,7 +49,7 @@ async function runBaseline(client, description) {
   }
 }
 
-const root = mkdtempSync(join(tmpdir(), 'ar-overhead-'));
+const root = scratchDir('ar-overhead-');
 const workspace = join(root, 'ws');
 process.stderr.write('preparing a cpu-profile workspace...\n');
 await createWorkspace(workspace, { profile: 'cpu', python: PYTHON, dataDir: join(root, 'data') });

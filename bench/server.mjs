@@ -4,12 +4,13 @@
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { cpus, hostname, tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
+import { cpus, hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { createWorkspace } from '../dist/core/init.js';
 import { Store } from '../dist/core/store.js';
+import { scratchDir } from './scratch.mjs';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const PYTHON = process.env.AUTORESEARCH_PYTHON ?? new URL('../python/.venv/bin/python', import.meta.url).pathname;
@@ -51,7 +52,7 @@ async function waitFinished(client, id) {
   }
 }
 
-const root = mkdtempSync(join(tmpdir(), 'ar-bench-'));
+const root = scratchDir('ar-bench-');
 const dataDir = join(root, 'data');
 process.stderr.write('preparing a smoke-profile workspace...\n');
 const workspace = join(root, 'ws');

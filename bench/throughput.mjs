@@ -8,12 +8,13 @@
 // finished, slot), not from the client's clock.
 // Usage: npm run build && node bench/throughput.mjs [slot counts, e.g. 1,2,4,8] [experiments per count] [think seconds] [agents per slot]
 //        (writes bench/results-throughput-<host>.json)
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { cpus, hostname, tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
+import { cpus, hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ResearchClient } from '../dist/agent/client.js';
 import { createWorkspace } from '../dist/core/init.js';
 import { Store } from '../dist/core/store.js';
+import { scratchDir } from './scratch.mjs';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const PYTHON = process.env.AUTORESEARCH_PYTHON ?? new URL('../python/.venv/bin/python', import.meta.url).pathname;
@@ -27,7 +28,7 @@ const sleep = (seconds) => new Promise((resolvePromise) => setTimeout(resolvePro
 const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
 
 async function measure(slots) {
-  const root = mkdtempSync(join(tmpdir(), `ar-throughput-${slots}-`));
+  const root = scratchDir(`ar-throughput-${slots}-`);
   const workspace = join(root, 'ws');
   await createWorkspace(workspace, { profile: 'smoke', python: PYTHON, dataDir: join(root, 'data') });
   const client = await ResearchClient.spawn(workspace, { serverArgs: ['--slots', String(slots)], serverLog: join(root, 'server.log') });
