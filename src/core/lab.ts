@@ -16,6 +16,7 @@ import { checkTrainPy, type Violation } from './rules.js';
 import { cpuThreadsPerRun, ProcessRunner, readLogTail, type Budget, type BudgetClock, type RunProgress, type Slot } from './runner.js';
 import { recordedPythonProblem } from './python.js';
 import { sandboxProblem } from './sandbox.js';
+import { deviceFault, drainedMessage, SlotHealth } from './slot-health.js';
 import { isFinishedStatus, Store, type Experiment, type NoiseMeasurement } from './store.js';
 import { BASELINE_BRANCH, SESSION_BRANCH_PREFIX, TRAIN_FILE, Workspace, validateSessionTag } from './workspace.js';
 import { resultsTsv } from './report.js';
@@ -76,6 +77,10 @@ const RUN_EVENTS = { rejected: 'harness_mismatch', timed_out: 'ceiling_kill', ov
 export class Lab extends EventEmitter {
   private readonly running = new Map<number, Promise<void>>();
   private readonly busySlots = new Map<number, number>();
+  /** Device faults per slot and the slots drained (for this server's life: a restart tries them again). */
+  private readonly health = new SlotHealth();
+  /** The slots each experiment failed on for its device: a retry goes elsewhere when it can. */
+  private readonly faultedOn = new Map<number, Set<number>>();
   private readonly checkedTexts = new Map<string, Violation[]>();
   private readonly trainPyVersions = new Map<string, string>();
   /** For the status view only; runs always re-hash every byte. */
@@ -556,6 +561,7 @@ export class Lab extends EventEmitter {
       const session = await this.currentSession(caller);
       const head = await this.workspace.headCommit();
       const warnings: string[] = [];
+      this.requireUsableSlot();
       if (input.acknowledgeCrashes) this.acknowledgeCrashes(agent);
       const streak = this.crashStreak(agent);
       if (streak) throw new UserError(crashStreakMessage(agent, streak));
@@ -783,6 +789,7 @@ export class Lab extends EventEmitter {
     if (!Number.isInteger(k) || k < 2 || k > 20) throw new UserError(`k must be an integer from 2 to 20 (got ${k}); the default is ${DEFAULT_NOISE_RUNS}.`);
     return this.exclusive(async () => {
       const session = await this.currentSession(caller);
+      this.requireUsableSlot();
       return this.measureNoiseLocked(session.tag, k);
     });
   }
@@ -853,11 +860,17 @@ export class Lab extends EventEmitter {
 
   private pump(): void {
     if (this.closed || !this.serving) return;
-    for (const slot of this.slots) {
+    const usable = this.slots.filter((slot) => !this.health.isDrained(slot.index));
+    for (const slot of usable) {
       if (this.busySlots.has(slot.index)) continue;
-      // A paused agent's candidates wait; noise and confirmation runs never do.
-      const next = this.store.nextQueued((e) => e.kind === 'candidate' && e.agent !== null && this.crashStreak(e.agent) !== undefined);
-      if (!next) return;
+      // A paused agent's candidates wait; noise and confirmation runs never do. A run its device
+      // failed waits for another slot, if there is one.
+      const next = this.store.nextQueued(
+        (e) =>
+          (e.kind === 'candidate' && e.agent !== null && this.crashStreak(e.agent) !== undefined) ||
+          (usable.length > 1 && (this.faultedOn.get(e.id)?.has(slot.index) ?? false)),
+      );
+      if (!next) continue;
       this.busySlots.set(slot.index, next.id);
       const run = this.execute(next, slot).finally(() => {
         this.busySlots.delete(slot.index);
@@ -882,6 +895,7 @@ export class Lab extends EventEmitter {
       const outcome = await this.runner.run(request, (pid) =>
         this.store.markRunning(id, { slot: slot.index, pid, startedAt: Date.now() }),
       );
+      if (this.slotFailed(experiment, slot, outcome)) return;
       const summary = outcome.summary;
       this.finish(id, {
         status: outcome.status,
@@ -913,6 +927,46 @@ export class Lab extends EventEmitter {
     } catch (error) {
       this.finish(id, { status: 'crashed', error: `the server could not run it: ${(error as Error).message}`, finishedAt: Date.now() });
     }
+  }
+
+  /**
+   * Tells the slot's health how the run ended. A run that failed for its device (slot-health.ts)
+   * is queued again with the same seed, on another slot when there is one, up to MAX_FAULT_RETRIES
+   * times; true when it was. The third fault in a row on a slot drains the slot.
+   */
+  private slotFailed(experiment: Experiment, slot: Slot, outcome: { status: string; error?: string; seed?: number }): boolean {
+    const id = experiment.id;
+    const failed = outcome.status !== 'succeeded' && outcome.status !== 'cancelled';
+    const fault = failed ? deviceFault(`${outcome.error ?? ''}\n${experiment.logPath ? readLogTail(experiment.logPath) : ''}`) : undefined;
+    const drain = this.health.record(slot.index, { experimentId: id, status: outcome.status, fault, at: Date.now() });
+    if (fault === undefined) return false;
+    const slotName = slot.cudaDevices !== undefined ? `slot ${slot.index} (GPU ${slot.cudaDevices})` : `slot ${slot.index}`;
+    if (drain) {
+      const message = drainedMessage(slot, drain);
+      this.log(message);
+      this.store.audit.append({ transport: 'cli', kind: 'event', method: 'slot_drained', experimentId: id, message, isError: true });
+    }
+    const usable = this.slots.some((s) => !this.health.isDrained(s.index));
+    const requeue = usable && this.health.retry(id);
+    this.faultedOn.set(id, new Set([...(this.faultedOn.get(id) ?? []), slot.index]));
+    this.store.audit.append({
+      transport: 'cli',
+      kind: 'event',
+      method: 'slot_fault',
+      experimentId: id,
+      message: `${slotName} failed the run for its device: ${fault}; ${requeue ? `queued again with the same seed${outcome.seed !== undefined ? ` ${outcome.seed}` : ''} (retry ${this.health.retriesOf(id)})` : 'not queued again'}`,
+      isError: true,
+    });
+    if (!requeue) return false;
+    this.store.requeue(id, outcome.seed ?? null);
+    return true;
+  }
+
+  /** Refuses new runs when no slot is left to run them: they would wait for ever. */
+  private requireUsableSlot(): void {
+    if (this.slots.some((slot) => !this.health.isDrained(slot.index))) return;
+    const drains = this.slots.map((slot) => drainedMessage(slot, this.health.drainOf(slot.index)!));
+    throw new UserError(`Every slot is drained, so nothing would run it; nothing was queued. ${drains.join(' ')}`);
   }
 
   /**
@@ -1592,7 +1646,9 @@ export class Lab extends EventEmitter {
     const pausedAgents = this.pausedAgents();
     const gpus = this.slots.some((slot) => slot.cudaDevices !== undefined) ? gpuUsage() : undefined;
     let nextStep: string;
-    if (drift.length > 0) nextStep = `restore the harness files that changed (${drift.join(', ')}): runs are refused until they match their pins`;
+    const drained = this.slots.filter((slot) => this.health.isDrained(slot.index));
+    if (drained.length === this.slots.length) nextStep = `every slot is drained (${drainedMessage(drained[0], this.health.drainOf(drained[0].index)!)}): tell the person running this lab; nothing can run until the server restarts on working devices`;
+    else if (drift.length > 0) nextStep = `restore the harness files that changed (${drift.join(', ')}): runs are refused until they match their pins`;
     else if (!sessionTag) {
       nextStep =
         sessions.length > 0
@@ -1627,6 +1683,8 @@ export class Lab extends EventEmitter {
         cudaDevices: slot.cudaDevices ?? null,
         experimentId: this.busySlots.get(slot.index) ?? null,
         gpu: slotGpu(slot, gpus),
+        drained: this.health.isDrained(slot.index) ? drainedMessage(slot, this.health.drainOf(slot.index)!) : null,
+        deviceFaultsInARow: this.health.faultsOf(slot.index),
       })),
       queue: queued,
       running,

@@ -815,6 +815,19 @@ export class Store {
     return this.getExperiment(id)!;
   }
 
+  /**
+   * Running -> queued again, for a run its slot failed (src/core/slot-health.ts): it keeps its id,
+   * its commit and its seed (so a retry is the same run, not a second draw), and waits for a slot.
+   */
+  requeue(id: number, seed: number | null): Experiment {
+    const changed = this.prepare(
+      `UPDATE experiments SET status = 'queued', slot = NULL, pid = NULL, started_at = NULL, progress = NULL, seed = COALESCE(@seed, seed)
+         WHERE id = @id AND status = 'running'`,
+    ).run({ id, seed });
+    if (changed.changes === 0) throw this.stateError(id, 'running');
+    return this.getExperiment(id)!;
+  }
+
   /** Latest progress of a running experiment; false when it is no longer running (a late line). */
   updateProgress(id: number, progress: ExperimentProgress): boolean {
     return (

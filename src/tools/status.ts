@@ -7,7 +7,7 @@ export const status = defineTool({
   name: 'status',
   title: 'Workspace status',
   description:
-    'Overview of the lab: workspace, session branch, head commit, best val_bpb, queue, slots (which experiment runs where), ' +
+    'Overview of the lab: workspace, session branch, head commit, best val_bpb, queue, slots (which experiment runs where, and any drained because its GPU kept failing runs), ' +
     'profile and training budget, the wall-clock ceiling, pinned harness hashes and whether they still match, and whether ' +
     'train.py has unsaved edits; what is running and what is undecided, the measured noise floor, and next_step: what to do ' +
     'now. Call it first (also to continue a session in a new conversation), and whenever you are unsure what is going on.',
@@ -52,6 +52,11 @@ export const status = defineTool({
           .object({ memoryUsedMb: z.number(), memoryTotalMb: z.number(), utilizationPercent: z.number().nullable() })
           .nullable()
           .describe('nvidia-smi now: memory and utilisation of the slot\'s GPU; null on CPU slots'),
+        drained: z
+          .string()
+          .nullable()
+          .describe('why the slot takes no more runs (its device failed several runs in a row), or null while it works'),
+        deviceFaultsInARow: z.number().int().describe('runs in a row that failed for this slot\'s device (3 drain it); a good run resets it'),
       }),
     ),
     queue: z.array(z.number().int()),
@@ -72,9 +77,10 @@ export const status = defineTool({
       `Session ${status.session ?? 'none'} on ${status.branch} at ${status.head.slice(0, 8)}` +
         (status.headMeasured ? ` (head measured ${status.headMeasured.runs}x, mean ${status.headMeasured.mean.toFixed(6)})` : ' (head not measured yet)') +
         `; best kept: ${status.best ? `#${status.best.id} ${status.best.valBpb?.toFixed(6)} "${status.best.description}"` : 'none'}; ${noiseFloorLine(structured.noise)}.`,
-      ...status.slots.flatMap((slot) =>
-        slot.gpu ? [`Slot ${slot.index} (GPU ${slot.cudaDevices}): ${slot.gpu.memoryUsedMb}/${slot.gpu.memoryTotalMb} MB, ${slot.gpu.utilizationPercent ?? '?'}% busy, experiment ${slot.experimentId ?? 'none'}.`] : [],
-      ),
+      ...status.slots.flatMap((slot) => [
+        ...(slot.gpu ? [`Slot ${slot.index} (GPU ${slot.cudaDevices}): ${slot.gpu.memoryUsedMb}/${slot.gpu.memoryTotalMb} MB, ${slot.gpu.utilizationPercent ?? '?'}% busy, experiment ${slot.experimentId ?? 'none'}.`] : []),
+        ...(slot.drained ? [`DRAINED: ${slot.drained}`] : []),
+      ]),
       `Running: ${list(status.running)}; queued: ${list(status.queue)}; undecided: ` +
         (status.undecided.length
           ? status.undecided.map((u) => `#${u.id} ${u.status}${u.valBpb === null ? '' : ` ${u.valBpb.toFixed(6)}`}${u.verdict ? ` ${u.verdict}` : ''} "${u.description}"`).join('; ')
