@@ -1,4 +1,8 @@
+import { appendFileSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { readLogTail } from '../src/core/runner.js';
 import { deviceFault, DRAIN_AFTER_FAULTS, drainedMessage, MAX_FAULT_RETRIES, SlotHealth } from '../src/core/slot-health.js';
 
 describe('deviceFault', () => {
@@ -92,5 +96,24 @@ describe('drainedMessage', () => {
     expect(message).toMatch(/^slot 2 \(GPU 5\) is drained: 3 runs in a row failed for the device.*experiments 1, 2, 3; last: uncorrectable ECC error encountered\)/);
     expect(message).toMatch(/nvidia-smi.*restart the server.*--gpus/);
     expect(drainedMessage({ index: 0 }, drain)).toMatch(/^slot 0 is drained/);
+  });
+});
+
+describe('readLogTail from an attempt', () => {
+  it("reads only what was written after the attempt's start, at most the tail", () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ar-log-'));
+    try {
+      const log = join(dir, 'run.log');
+      writeFileSync(log, 'first attempt\nRuntimeError: No CUDA GPUs are available\n');
+      const start = statSync(log).size;
+      appendFileSync(log, 'second attempt\nValueError: bad shape\n');
+      expect(readLogTail(log, undefined, start)).toBe('second attempt\nValueError: bad shape\n');
+      expect(deviceFault(readLogTail(log, undefined, start))).toBeUndefined();
+      expect(readLogTail(log, 6, start)).toBe('shape\n');
+      expect(readLogTail(log, undefined, statSync(log).size)).toBe('');
+      expect(readLogTail(join(dir, 'missing.log'), undefined, 10)).toBe('');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

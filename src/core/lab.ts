@@ -1,7 +1,7 @@
 import Database from 'better-sqlite3';
 import { randomInt } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { existsSync, readFileSync, realpathSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, realpathSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { availableParallelism, hostname } from 'node:os';
 import { join } from 'node:path';
@@ -884,6 +884,8 @@ export class Lab extends EventEmitter {
   private async execute(experiment: Experiment, slot: Slot): Promise<void> {
     const id = experiment.id;
     const folder = runDir(this.workspace.dir, id);
+    // A retry after a device fault appends to the same log: only this attempt's lines judge it.
+    const logStart = experiment.logPath && existsSync(experiment.logPath) ? statSync(experiment.logPath).size : 0;
     this.store.markRunning(id, { slot: slot.index, startedAt: Date.now() });
     if (!experiment.candidateCommit) {
       this.finish(id, { status: 'crashed', error: 'the experiment has no candidate commit', finishedAt: Date.now() });
@@ -895,7 +897,7 @@ export class Lab extends EventEmitter {
       const outcome = await this.runner.run(request, (pid) =>
         this.store.markRunning(id, { slot: slot.index, pid, startedAt: Date.now() }),
       );
-      if (this.slotFailed(experiment, slot, outcome)) return;
+      if (this.slotFailed(experiment, slot, outcome, logStart)) return;
       const summary = outcome.summary;
       this.finish(id, {
         status: outcome.status,
@@ -934,10 +936,10 @@ export class Lab extends EventEmitter {
    * is queued again with the same seed, on another slot when there is one, up to MAX_FAULT_RETRIES
    * times; true when it was. The third fault in a row on a slot drains the slot.
    */
-  private slotFailed(experiment: Experiment, slot: Slot, outcome: { status: string; error?: string; seed?: number }): boolean {
+  private slotFailed(experiment: Experiment, slot: Slot, outcome: { status: string; error?: string; seed?: number }, logStart: number): boolean {
     const id = experiment.id;
     const failed = outcome.status !== 'succeeded' && outcome.status !== 'cancelled';
-    const fault = failed ? deviceFault(`${outcome.error ?? ''}\n${experiment.logPath ? readLogTail(experiment.logPath) : ''}`) : undefined;
+    const fault = failed ? deviceFault(`${outcome.error ?? ''}\n${experiment.logPath ? readLogTail(experiment.logPath, undefined, logStart) : ''}`) : undefined;
     const drain = this.health.record(slot.index, { experimentId: id, status: outcome.status, fault, at: Date.now() });
     if (fault === undefined) return false;
     const slotName = slot.cudaDevices !== undefined ? `slot ${slot.index} (GPU ${slot.cudaDevices})` : `slot ${slot.index}`;

@@ -300,10 +300,11 @@ export function lastTrainerLine(logTail: string): string | undefined {
   return last.length > 300 ? `${last.slice(0, 299)}…` : last;
 }
 
-export function readLogTail(path: string, bytes = LOG_TAIL_BYTES): string {
+/** The last `bytes` of a log, none of them before offset `from` (where one attempt of a run began). */
+export function readLogTail(path: string, bytes = LOG_TAIL_BYTES, from = 0): string {
   if (!existsSync(path)) return '';
   const size = statSync(path).size;
-  const length = Math.min(size, bytes);
+  const length = Math.max(0, Math.min(size - from, bytes));
   const buffer = Buffer.alloc(length);
   const fd = openSync(path, 'r');
   try {
