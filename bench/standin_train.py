@@ -11,6 +11,7 @@ change to the program draws fresh noise, as a real run's would.
 
 import hashlib
 import random
+import time
 
 import torch
 
@@ -19,6 +20,8 @@ from prepare import MAX_SEQ_LEN, SEED, VOCAB_SIZE, finish_training, make_dataloa
 BASE_SHARPNESS = 0.25
 NOISE_SIGMA = 0.004        # sharpness units; the campaign's effects are multiples of it
 COUNT_BATCHES = 8
+# bench/throughput.mjs: how long a run holds its slot, as a GPU run would, without using the CPU.
+HOLD_SECONDS = 0.0
 # GAIN_* constants follow, one per experiment of the campaign (the simulator writes them).
 # -- gains --
 
@@ -43,6 +46,7 @@ class Unigram(torch.nn.Module):
         return torch.zeros(idx.shape[0], idx.shape[1], 1) + self.logits
 
 
+time.sleep(HOLD_SECONDS)
 print("---")
 print(f"sharpness:        {sharpness:.6f}")
 print(f"num_steps:        {COUNT_BATCHES}")

@@ -6,9 +6,13 @@
 // (run_experiment with edits: a distinct WARMDOWN_FRAC), waits for the result and discards it,
 // until EXPERIMENTS candidates have run. The figures come from the stored rows (queued, started,
 // finished, slot), not from the client's clock.
+// With THROUGHPUT_HOLD_SECONDS=S the runs do not compute: the head is bench/standin_train.py on the
+// cpu profile (its CPU-time clock does not count a sleep), holding its slot S seconds as a GPU run
+// would, so the slots do not share out this machine's cores and the figure shows the dispatch alone.
+// THROUGHPUT_SERVER_ARGS adds server arguments (e.g. "--backend slurm --slurm-shared-dir /srv").
 // Usage: npm run build && node bench/throughput.mjs [slot counts, e.g. 1,2,4,8] [experiments per count] [think seconds] [agents per slot]
-//        (writes bench/results-throughput-<host>.json)
-import { writeFileSync } from 'node:fs';
+//        (writes bench/results-throughput-<host>[-<THROUGHPUT_LABEL>].json)
+import { readFileSync, writeFileSync } from 'node:fs';
 import { cpus, hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ResearchClient } from '../dist/agent/client.js';
@@ -23,6 +27,10 @@ const EXPERIMENTS = Number(process.argv[3] ?? 16);
 const THINK = Number(process.argv[4] ?? 2);
 // Two agents per slot keep a candidate waiting while a run trains, so the gap between runs is measured.
 const AGENTS_PER_SLOT = Number(process.argv[5] ?? 2);
+const HOLD = Number(process.env.THROUGHPUT_HOLD_SECONDS ?? 0);
+const PROFILE = HOLD > 0 ? 'cpu' : 'smoke';
+const SERVER_ARGS = (process.env.THROUGHPUT_SERVER_ARGS ?? '').split(' ').filter(Boolean);
+const LABEL = process.env.THROUGHPUT_LABEL;
 
 const sleep = (seconds) => new Promise((resolvePromise) => setTimeout(resolvePromise, seconds * 1000));
 const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
@@ -30,15 +38,25 @@ const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.l
 async function measure(slots) {
   const root = scratchDir(`ar-throughput-${slots}-`);
   const workspace = join(root, 'ws');
-  await createWorkspace(workspace, { profile: 'smoke', python: PYTHON, dataDir: join(root, 'data') });
-  const client = await ResearchClient.spawn(workspace, { serverArgs: ['--slots', String(slots)], serverLog: join(root, 'server.log') });
+  await createWorkspace(workspace, { profile: PROFILE, python: PYTHON, dataDir: join(root, 'data') });
+  const client = await ResearchClient.spawn(workspace, { serverArgs: ['--slots', String(slots), ...SERVER_ARGS], serverLog: join(root, 'server.log') });
   await client.call('start_session', { tag: `throughput-${slots}` });
-  const baseline = await client.call('run_experiment', { description: 'baseline' });
-  await client.waitForExperiment(baseline.experiment.id);
-  await client.call('commit_or_revert', { experiment_id: baseline.experiment.id, action: 'keep' });
+  const keep = async (description, edits) => {
+    const queued = await client.call('run_experiment', { description, ...(edits ? { edits } : {}) });
+    const finished = await client.waitForExperiment(queued.experiment.id);
+    if (finished.status !== 'succeeded') throw new Error(`${description}: ${finished.status}: ${finished.error}`);
+    await client.call('commit_or_revert', { experiment_id: queued.experiment.id, action: 'keep' });
+  };
+  if (HOLD > 0) {
+    const original = (await client.call('read_train_py', {})).text;
+    const standin = readFileSync(join(ROOT, 'bench', 'standin_train.py'), 'utf8')
+      .replace('HOLD_SECONDS = 0.0', `HOLD_SECONDS = ${HOLD}`)
+      .replace('# -- gains --\n', 'GAIN_000 = 0.0\n');
+    await keep(`stand-in holding its slot ${HOLD} s`, [{ search: original, replace: standin }]);
+  } else await keep('baseline');
   const text = (await client.call('read_train_py', {})).text;
-  const line = /^WARMDOWN_FRAC = .*$/m.exec(text)?.[0];
-  if (!line) throw new Error('train.py has no WARMDOWN_FRAC line to vary');
+  const line = /^(WARMDOWN_FRAC|GAIN_000) = .*$/m.exec(text)?.[0];
+  if (!line) throw new Error('train.py has no WARMDOWN_FRAC or GAIN_000 line to vary');
 
   let submitted = 0;
   const ids = [];
@@ -46,9 +64,9 @@ async function measure(slots) {
     while (submitted < EXPERIMENTS) {
       const n = submitted++;
       await sleep(THINK);
-      const value = (0.3 + n * 0.01).toFixed(2);
+      const value = HOLD > 0 ? (n + 1) * 1e-6 : (0.3 + n * 0.01).toFixed(2);
       const queued = await client.call('run_experiment', {
-        description: `warm-down ${value}`,
+        description: `${line.split(' ')[0]} ${value}`,
         agent: name,
         edits: [{ search: line, replace: line.replace(/= [\d.]+/, `= ${value}`) }],
       });
@@ -109,15 +127,19 @@ const one = results.find((r) => r.slots === 1);
 const report = {
   machine: `${hostname()} (${cpus().length} x ${cpus()[0]?.model ?? 'cpu'})`,
   date: new Date().toISOString(),
-  profile: 'smoke',
-  backend: 'local CPU slots',
+  profile: PROFILE,
+  hold_seconds: HOLD > 0 ? HOLD : null,
+  server_args: SERVER_ARGS,
+  backend: SERVER_ARGS.includes('slurm') ? 'Slurm jobs (CPU)' : 'local CPU slots',
   think_seconds: THINK,
   agents_per_slot: AGENTS_PER_SLOT,
   omp_num_threads: process.env.OMP_NUM_THREADS ?? 'default (one per core; several slots share the cores out)',
   results: results.map((r) => ({ ...r, per_hour_against_linear: one ? +(r.experiments_per_hour / (one.experiments_per_hour * r.slots)).toFixed(3) : null })),
-  note: 'experiments_per_hour: candidates finished over the window from the first start to the last finish. busy_share_while_waiting: a slot\'s run time over its run time plus the gaps between a run\'s end and the next run\'s start where that next candidate was already queued. per_hour_against_linear: experiments_per_hour / (N x the one-slot figure). CPU slots share this machine\'s cores, so more slots than cores cannot scale: the figure measures the dispatch, not GPU scaling.',
+  note: 'experiments_per_hour: candidates finished over the window from the first start to the last finish. busy_share_while_waiting: a slot\'s run time over its run time plus the gaps between a run\'s end and the next run\'s start where that next candidate was already queued. per_hour_against_linear: experiments_per_hour / (N x the one-slot figure). ' + (HOLD > 0
+    ? `Each run is bench/standin_train.py holding its slot ${HOLD} s asleep (cpu profile: the CPU-time clock does not count the sleep), so slots do not compete for the cores except in start-up and evaluation: the figure is the dispatch's scaling.`
+    : "CPU slots share this machine's cores, so more slots than cores cannot scale: the figure measures the dispatch, not GPU scaling."),
 };
-const out = join(ROOT, 'bench', `results-throughput-${hostname()}.json`);
+const out = join(ROOT, 'bench', `results-throughput-${hostname()}${LABEL ? `-${LABEL}` : ''}.json`);
 writeFileSync(out, `${JSON.stringify(report, null, 2)}\n`);
 process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
 process.stderr.write(`written: ${out}\n`);
