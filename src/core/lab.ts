@@ -17,6 +17,7 @@ import { cpuThreadsPerRun, ProcessRunner, readLogTail, type Budget, type BudgetC
 import { recordedPythonProblem } from './python.js';
 import { sandboxProblem } from './sandbox.js';
 import { deviceFault, drainedMessage, SlotHealth } from './slot-health.js';
+import { sharedFolderProblem, slurmProblem, writableProblem, type SlurmOptions } from './slurm.js';
 import { isFinishedStatus, Store, type Experiment, type NoiseMeasurement } from './store.js';
 import { BASELINE_BRANCH, SESSION_BRANCH_PREFIX, TRAIN_FILE, Workspace, validateSessionTag } from './workspace.js';
 import { resultsTsv } from './report.js';
@@ -49,10 +50,30 @@ export interface LabOptions {
    * sandbox refuses to start.
    */
   unsandboxed?: boolean;
+  /**
+   * Run each experiment as Slurm jobs (src/core/slurm.ts) instead of local processes; `slots`
+   * then bounds how many are submitted at once. `sharedDir`: the folder the cluster's nodes mount
+   * at the same path; the workspace and its data must be under it.
+   */
+  slurm?: SlurmOptions & { sharedDir?: string };
   log?: (message: string) => void;
 }
 
 export const MAX_WAIT_SECONDS = 50;
+
+/** What stops a Slurm backend from working here (controller, partition, shared folder), or undefined. */
+async function slurmSetupProblem(slurm: SlurmOptions & { sharedDir?: string }, workspace: string, dataDir: string): Promise<string | undefined> {
+  const problem = await slurmProblem(slurm);
+  if (problem || !slurm.sharedDir) return problem;
+  const shared = realpathOr(slurm.sharedDir);
+  if (!existsSync(shared)) return `the shared folder ${slurm.sharedDir} (--slurm-shared-dir) does not exist`;
+  return (
+    sharedFolderProblem(shared, [
+      { name: 'run folders', path: join(realpathOr(stateDir(workspace)), 'runs') },
+      { name: 'data folder', path: realpathOr(dataDir) },
+    ]) ?? (await writableProblem(shared))
+  );
+}
 
 /** A workspace pinned before runs were sandboxed lacks these; it cannot run the new pipeline. */
 const REQUIRED_PINS = ['harness/supervise.py', 'harness/evaluate.py', 'train.bin', 'manifest.json'];
@@ -117,7 +138,9 @@ export class Lab extends EventEmitter {
       const problem =
         REQUIRED_PINS.some((name) => !(name in pins))
           ? `${dir} was created by an older autoresearch-mcp (its harness and training data are not pinned); create a new workspace with: autoresearch-mcp init DIR`
-          : ((options.unsandboxed ? undefined : await sandboxProblem()) ?? (await recordedPythonProblem(meta.python)));
+          : ((options.unsandboxed ? undefined : await sandboxProblem()) ??
+            (await recordedPythonProblem(meta.python)) ??
+            (options.slurm ? await slurmSetupProblem(options.slurm, dir, meta.dataDir) : undefined));
       if (problem) {
         store.close();
         throw new UserError(problem);
@@ -142,6 +165,7 @@ export class Lab extends EventEmitter {
       forbidden: [...new Set([dir, stateDir(dir), meta.dataDir].flatMap((path) => [path, realpathOr(path)]))],
       cpuThreads: cpuThreadsPerRun(availableParallelism(), cpuSlots, budget.clock),
       standbyDir: serving ? standbyDir(dir) : undefined,
+      slurm: options.slurm,
     });
     const log = options.log ?? ((message: string) => process.stderr.write(`[autoresearch] ${message}\n`));
     if (serving) {

@@ -7,6 +7,7 @@ import { dirname, join } from 'node:path';
 import { sha256, sha256File } from './hashing.js';
 import { PACKAGE_ROOT } from './paths.js';
 import { cleanRunFolder, runFolder, writeRunFolder, writeSpec, type RunFolder, type SupervisorSpec } from './run-folder.js';
+import { jobFiles, SlurmJob, timeLimitMinutes, type SlurmOptions } from './slurm.js';
 import {
   EVAL_DATA,
   EVAL_IN,
@@ -176,6 +177,12 @@ export interface RunnerOptions {
    * only, and only when harness/prestart.py is pinned; left out, every trainer starts cold.
    */
   standbyDir?: string;
+  /**
+   * Run each phase as a Slurm batch job instead of a local child process (src/core/slurm.ts); the
+   * run folder, the harness, the data and the interpreter must then be at the same paths on the
+   * cluster's nodes. Pre-started trainers are off: a standby would hold a job's GPU while idle.
+   */
+  slurm?: SlurmOptions;
 }
 
 /** How often a run waiting for its slot's pre-started trainer looks for the supervisor's `ready` file. */
@@ -343,13 +350,17 @@ function stopStandby(standby: Standby): void {
 }
 
 interface ActiveRun {
-  /** The run's live processes (the supervisor, and the evaluator waiting beside it). */
-  children: Set<ChildProcess>;
+  /** How to stop each of the run's live phases (the supervisor, and the evaluator waiting beside it): kill its process group, or scancel its job. */
+  children: Set<() => void>;
   stopReason?: 'timed_out' | 'cancelled';
+  /** Why it was stopped when not by this server (Slurm's own time limit). */
+  stopCause?: string;
   progress?: RunProgress;
 }
 
 interface PhaseOptions {
+  /** supervise | evaluate: names a Slurm job and its files. */
+  name: 'supervise' | 'evaluate';
   cwd: string;
   env: Record<string, string>;
   resultFd: 1 | 3;
@@ -360,7 +371,8 @@ interface PhaseOptions {
 
 /** A phase's process, started: `exit` settles when it has ended (its process group killed). */
 interface StartedPhase {
-  child: ChildProcess;
+  /** The local process's pid; undefined for a Slurm job. */
+  pid?: number;
   exit: Promise<Exit>;
   /** Writes one line (default `go`) on its stdin and closes it. */
   go: (line?: string) => void;
@@ -372,6 +384,7 @@ interface Exit {
   signal: string | null;
   /** What the child wrote on the piped fd (stdout for the supervisor, fd 3 for the evaluator). */
   output: string;
+  /** Why it never ran or never reported its own exit, as a verb phrase ("could not be started (...)", "ran as Slurm job 5, which ended NODE_FAIL: ..."). */
   spawnError?: string;
 }
 
@@ -495,7 +508,7 @@ export class ProcessRunner extends EventEmitter {
    * GPU trains), not between one run and the next. Failures only mean the next run starts cold.
    */
   prestart(slot: Slot): void {
-    if (this.closed || !this.sandboxed || !this.options.standbyDir || !(`${HARNESS_PIN_PREFIX}prestart.py` in this.options.pins)) return;
+    if (this.closed || !this.sandboxed || this.options.slurm || !this.options.standbyDir || !(`${HARNESS_PIN_PREFIX}prestart.py` in this.options.pins)) return;
     if (this.standbys.has(slot.index)) return;
     this.standbys.set(slot.index, 'starting');
     this.startStandby(slot).then(
@@ -547,7 +560,7 @@ export class ProcessRunner extends EventEmitter {
     await writeSpec(folder, spec);
     const active: ActiveRun = { children: new Set() };
     const supervisorArgs = [join(this.options.harnessDir, 'supervise.py'), '--spec', folder.spec, '--standby'];
-    const phase = this.startPhase(active, this.options.python, supervisorArgs, folder, { cwd: folder.root, env: this.hostEnv(), resultFd: 1, stdin: true });
+    const phase = this.startPhase(active, this.options.python, supervisorArgs, folder, { name: 'supervise', cwd: folder.root, env: this.hostEnv(), resultFd: 1, stdin: true });
     const evaluator = this.startEvaluator(active, folder, slot, facts, python);
     const ready = new Promise<boolean>((resolve) => {
       const marker = join(folder.root, 'ready');
@@ -602,6 +615,7 @@ export class ProcessRunner extends EventEmitter {
   private startEvaluator(active: ActiveRun, folder: RunFolder, slot: Slot, facts: HostFacts, python: PythonLayout): StartedPhase {
     const evaluation = this.evaluatorCommand(folder, slot, randomInt(1, 2 ** 31 - 1), facts, python);
     return this.startPhase(active, evaluation.command, [...evaluation.args, '--wait'], folder, {
+      name: 'evaluate',
       cwd: folder.root,
       env: this.sandboxed ? {} : evaluation.env,
       resultFd: 3,
@@ -622,12 +636,13 @@ export class ProcessRunner extends EventEmitter {
     // told to go: its trainer has imported torch already; the clocks start now) ----
     let running: Promise<Exit>;
     if (standby) {
-      if (standby.phase.child.pid !== undefined) onStart(standby.phase.child.pid);
+      if (standby.phase.pid !== undefined) onStart(standby.phase.pid);
       standby.phase.go(`go ${folder.spec}`);
       running = standby.phase.exit;
     } else {
       const supervisorArgs = [join(this.options.harnessDir, 'supervise.py'), '--spec', folder.spec];
       running = this.spawnPhase(active, this.options.python, supervisorArgs, folder, {
+        name: 'supervise',
         cwd: this.sandboxed ? folder.root : folder.scratch,
         env: this.hostEnv(),
         resultFd: 1,
@@ -745,7 +760,7 @@ export class ProcessRunner extends EventEmitter {
       return {
         ...outcome,
         status: 'timed_out',
-        error: `killed at the wall-clock ceiling of ${this.options.ceilingSeconds} s (training budget plus start-up, export and evaluation allowance). Make the run respect TIME_BUDGET.`,
+        error: active.stopCause ? `${active.stopCause}. Make the run respect TIME_BUDGET, or give the jobs a longer time limit.` : `killed at the wall-clock ceiling of ${this.options.ceilingSeconds} s (training budget plus start-up, export and evaluation allowance). Make the run respect TIME_BUDGET.`,
       };
     }
     return { ...outcome, status: 'cancelled', error: 'cancelled' };
@@ -756,7 +771,7 @@ export class ProcessRunner extends EventEmitter {
     const active = this.active.get(experimentId);
     if (!active) return false;
     active.stopReason ??= reason;
-    for (const child of active.children) killGroup(child.pid, 'SIGKILL');
+    for (const kill of active.children) kill();
     return true;
   }
 
@@ -916,6 +931,7 @@ export class ProcessRunner extends EventEmitter {
   private startPhase(active: ActiveRun, command: string, args: string[], folder: RunFolder, how: PhaseOptions): StartedPhase {
     const prefix = command === this.options.python ? pdeathsigPrefix() : [];
     const argv = [...prefix, command, ...args];
+    if (this.options.slurm) return this.startJob(this.options.slurm, active, argv, folder, how);
     const logFd = openSync(folder.log, 'a');
     let child: ChildProcess;
     try {
@@ -928,8 +944,9 @@ export class ProcessRunner extends EventEmitter {
     } finally {
       closeSync(logFd);
     }
-    active.children.add(child);
-    if (active.stopReason) killGroup(child.pid, 'SIGKILL');   // stopped while it was being spawned
+    const kill = () => killGroup(child.pid, 'SIGKILL');
+    active.children.add(kill);
+    if (active.stopReason) kill();   // stopped while it was being spawned
     // A phase that already ended cannot take its "go": the pipe's error is its exit's business.
     child.stdin?.on('error', () => undefined);
     if (child.pid !== undefined) how.onStart?.(child.pid);
@@ -945,8 +962,8 @@ export class ProcessRunner extends EventEmitter {
       const settle = (result: Exit) => {
         if (ended) return;
         ended = true;
-        killGroup(child.pid, 'SIGKILL');
-        active.children.delete(child);
+        kill();
+        active.children.delete(kill);
         resolvePromise(result);
       };
       child.on('error', (error) => {
@@ -957,7 +974,7 @@ export class ProcessRunner extends EventEmitter {
       child.on('close', (code, signal) => settle({ exitCode: code, signal, output, spawnError }));
     });
     return {
-      child,
+      pid: child.pid,
       exit,
       go: (line = 'go') => child.stdin?.end(`${line}\n`),
       // Only while it runs: once reaped, its pid (and group id) may belong to someone else.
@@ -965,6 +982,41 @@ export class ProcessRunner extends EventEmitter {
         if (!ended) killGroup(child.pid, 'SIGKILL');
       },
     };
+  }
+
+  /**
+   * The same phase as a Slurm job (src/core/slurm.ts): the same argv, cwd and environment, run by
+   * a job script that writes the result fd to a file in the run folder and records the exit
+   * status there. A phase that reads its stdin (the evaluator's `go`) is submitted only at go():
+   * queued beside the trainer, it would hold a second allocation for the whole training.
+   */
+  private startJob(slurm: SlurmOptions, active: ActiveRun, argv: string[], folder: RunFolder, how: PhaseOptions): StartedPhase {
+    const id = folder.root.split('/').filter(Boolean).at(-1) ?? 'run';
+    const job = new SlurmJob(
+      slurm,
+      { phase: how.name, argv, cwd: how.cwd, env: how.env, resultFd: how.resultFd, stdin: how.stdin ?? false, log: folder.log, files: jobFiles(folder.root, how.name) },
+      `autoresearch-${id}-${how.name}`,
+      slurm.timeLimitMinutes ?? timeLimitMinutes(this.options.ceilingSeconds),
+    );
+    let submitted = false;
+    const submit = (line?: string) => {
+      if (submitted) return;
+      submitted = true;
+      void job.submit(line);
+    };
+    const kill = () => (submitted ? job.cancel() : job.abandon());
+    active.children.add(kill);
+    if (active.stopReason) kill();
+    else if (!how.stdin) submit();
+    const exit = job.ended.then((end): Exit => {
+      active.children.delete(kill);
+      if (end.failureStatus === 'timed_out' && !active.stopReason) {
+        active.stopReason = 'timed_out';
+        active.stopCause = `killed by the cluster: Slurm job ${end.jobId} ended ${end.state ?? 'TIMEOUT'} (${end.cause ?? "Slurm's time limit"})`;
+      }
+      return { exitCode: end.exitCode, signal: end.signal, output: end.output, spawnError: end.failure };
+    });
+    return { exit, go: (line = 'go') => submit(line), stop: kill };
   }
 
   /** Polls the log for progress lines; returns a function that stops polling. */

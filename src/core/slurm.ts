@@ -1,0 +1,421 @@
+import { execFile } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { constants as osConstants } from 'node:os';
+
+/**
+ * The Slurm backend: one phase of a run (the supervisor, or the evaluator) as a Slurm batch job
+ * instead of a local child process. The pure half (job script, sbatch arguments, the time limit,
+ * parsing sbatch/squeue/sacct output, what a job state means for a run) is exported for the unit
+ * tests; `SlurmJob` is the impure half (submit, follow, cancel) over the real commands.
+ *
+ * What travels through the shared run folder, since a job has no pipe back to the server:
+ *   <R>/slurm/<phase>.sh      the job script (written by the server)
+ *   <R>/slurm/<phase>.stdin   the phase's stdin (the evaluator's `go`), written before submission
+ *   <R>/slurm/<phase>.result  what the phase writes on its result fd (the supervisor's report on
+ *                             stdout, the evaluator's result on fd 3)
+ *   <R>/slurm/<phase>.exit    the phase's exit status, written by the job script when it ends:
+ *                             its absence after the job has left the queue means the job was lost
+ *   <R>/slurm/<phase>.out     Slurm's own output file (the job script's errors, Slurm's messages)
+ * The phase's stdout/stderr other than the result go to the run log, as locally.
+ */
+
+export interface SlurmOptions {
+  /** sbatch --partition; left out, the cluster's default partition. */
+  partition?: string;
+  /** sbatch --account; left out, the user's default account. */
+  account?: string;
+  /** GPUs per job, requested as gres `gpu:N`; 0 requests none (CPU runs). */
+  gpusPerJob: number;
+  /** Extra sbatch arguments, passed as given (a site's QOS, constraints, reservation). */
+  extraArgs?: string[];
+  /** How often squeue is asked about a job; default 500 ms. */
+  pollMs?: number;
+  /**
+   * The job's time limit in minutes; default from the run's wall-clock ceiling (timeLimitMinutes).
+   * Tests set it to see Slurm's own TIMEOUT.
+   */
+  timeLimitMinutes?: number;
+}
+
+/** The files of one phase's job in the run folder. */
+export interface JobFiles {
+  dir: string;
+  script: string;
+  stdin: string;
+  result: string;
+  exit: string;
+  out: string;
+}
+
+export function jobFiles(runRoot: string, phase: string): JobFiles {
+  const dir = join(runRoot, 'slurm');
+  const at = (ext: string) => join(dir, `${phase}.${ext}`);
+  return { dir, script: at('sh'), stdin: at('stdin'), result: at('result'), exit: at('exit'), out: at('out') };
+}
+
+/** What one phase runs, as the local runner would spawn it. */
+export interface JobPhase {
+  /** supervise | evaluate: names the files and the job. */
+  phase: string;
+  argv: string[];
+  cwd: string;
+  /** The phase's complete environment (the job script clears Slurm's). */
+  env: Record<string, string>;
+  /** 1: the result is stdout (the supervisor); 3: fd 3 (the evaluator), stdout to the log. */
+  resultFd: 1 | 3;
+  /** Whether the phase reads its stdin file (else /dev/null). */
+  stdin: boolean;
+  log: string;
+  files: JobFiles;
+}
+
+/**
+ * Slurm's time limit for a job of a run whose ceiling is `ceilingSeconds`: whole minutes (Slurm
+ * enforces no finer, and checks only every half minute or so), one more than the ceiling needs.
+ * The server's own ceiling timer stops the run first and precisely; Slurm's limit is the backstop
+ * that frees the GPU when the server is gone.
+ */
+export function timeLimitMinutes(ceilingSeconds: number): number {
+  if (!Number.isFinite(ceilingSeconds) || ceilingSeconds <= 0) throw new Error(`the run ceiling must be a positive number of seconds, not ${ceilingSeconds}`);
+  return Math.ceil(ceilingSeconds / 60) + 1;
+}
+
+/** Minutes as sbatch --time takes them: `M` below an hour, `D-HH:MM:00` beyond. */
+export function formatTimeLimit(minutes: number): string {
+  if (!Number.isInteger(minutes) || minutes <= 0) throw new Error(`a Slurm time limit is a positive number of minutes, not ${minutes}`);
+  if (minutes < 60) return String(minutes);
+  const days = Math.floor(minutes / 1440);
+  const hours = Math.floor((minutes % 1440) / 60);
+  const mins = minutes % 60;
+  const pad = (n: number) => String(n).padStart(2, '0');
+  return `${days}-${pad(hours)}:${pad(mins)}:00`;
+}
+
+/** Single-quotes a word for bash; safe for any byte string without NUL. */
+export function shellQuote(word: string): string {
+  if (word.includes('\0')) throw new Error('a NUL byte cannot be passed to a job');
+  return `'${word.replaceAll("'", `'\\''`)}'`;
+}
+
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/**
+ * The batch script of one phase. It records where it runs in the run log (job id, node, the
+ * GPUs Slurm gave it, which the phase's environment does not inherit: the server built that
+ * environment complete, as for a local run), runs the phase with exactly its environment, and
+ * writes the exit status last through a rename, so a half-written status is never read. Nothing
+ * in it comes from the agent: every word is the server's, quoted.
+ */
+export function jobScript(job: JobPhase): string {
+  for (const name of Object.keys(job.env)) if (!ENV_NAME.test(name)) throw new Error(`environment variable name ${JSON.stringify(name)} cannot be passed to a job`);
+  const q = shellQuote;
+  const env = Object.entries(job.env).map(([k, v]) => q(`${k}=${v}`));
+  const stdin = job.stdin ? q(job.files.stdin) : '/dev/null';
+  const redirects = job.resultFd === 1 ? `>${q(job.files.result)} 2>>${q(job.log)}` : `>>${q(job.log)} 2>&1 3>${q(job.files.result)}`;
+  return [
+    '#!/bin/bash',
+    `# autoresearch-mcp: the ${job.phase} phase of a run, as a Slurm job (src/core/slurm.ts)`,
+    'PATH=/usr/local/bin:/usr/bin:/bin',
+    `echo "slurm: ${job.phase} job \${SLURM_JOB_ID:-?} on \${SLURMD_NODENAME:-?} CUDA_VISIBLE_DEVICES=\${CUDA_VISIBLE_DEVICES-}" >>${q(job.log)}`,
+    `cd ${q(job.cwd)} || { echo "slurm: cannot enter ${job.cwd.replaceAll('"', '')} on this node" >>${q(job.log)}; echo 127 >${q(`${job.files.exit}.tmp`)}; mv -f ${q(`${job.files.exit}.tmp`)} ${q(job.files.exit)}; exit 127; }`,
+    `env -i ${[...env, ...job.argv.map(q)].join(' ')} <${stdin} ${redirects}`,
+    'code=$?',
+    `echo "$code" >${q(`${job.files.exit}.tmp`)} && mv -f ${q(`${job.files.exit}.tmp`)} ${q(job.files.exit)}`,
+    'exit "$code"',
+    '',
+  ].join('\n');
+}
+
+/** sbatch's arguments for a phase's job (the script path last). */
+export function sbatchArgs(options: SlurmOptions, job: JobPhase, name: string, minutes: number): string[] {
+  const args = ['--parsable', '--job-name', name, '--output', job.files.out, '--time', formatTimeLimit(minutes), '--nodes', '1', '--ntasks', '1'];
+  // The job gets no environment of the server's (the script sets every variable it passes on),
+  // and is never requeued: a requeued job would run the phase a second time into the same folder.
+  args.push('--export', 'NONE', '--no-requeue');
+  if (options.partition) args.push('--partition', options.partition);
+  if (options.account) args.push('--account', options.account);
+  if (options.gpusPerJob > 0) args.push(`--gres=gpu:${options.gpusPerJob}`);
+  args.push(...(options.extraArgs ?? []), job.files.script);
+  return args;
+}
+
+/** The job id from `sbatch --parsable` (`ID` or `ID;CLUSTER`). */
+export function parseSbatch(stdout: string): string | undefined {
+  const first = stdout.trim().split('\n')[0]?.split(';')[0]?.trim();
+  return first && /^\d+(_\d+)?$/.test(first) ? first : undefined;
+}
+
+export interface JobRow {
+  id: string;
+  state: string;
+  reason: string;
+}
+
+/** Rows of `squeue -h -t all -o %i|%T|%r` (or sacct -n -P -o JobID,State,Reason); lines that do not parse are skipped. */
+export function parseJobRows(stdout: string): JobRow[] {
+  const rows: JobRow[] = [];
+  for (const line of stdout.split('\n')) {
+    const [id, state, reason] = line.trim().split('|');
+    if (!id || !state) continue;
+    // sacct writes "CANCELLED by 0"; the state is the first word.
+    rows.push({ id: id.trim(), state: state.trim().split(/\s+/)[0].toUpperCase(), reason: (reason ?? '').trim() });
+  }
+  return rows;
+}
+
+/** Job states in which the job has not ended (Slurm's JOB_STATE_CODES, squeue(1)). */
+const ACTIVE_STATES = new Set([
+  'PENDING',
+  'CONFIGURING',
+  'RUNNING',
+  'COMPLETING',
+  'SUSPENDED',
+  'REQUEUED',
+  'REQUEUE_FED',
+  'REQUEUE_HOLD',
+  'RESIZING',
+  'RESV_DEL_HOLD',
+  'SIGNALING',
+  'STAGE_OUT',
+  'STOPPED',
+]);
+
+/** Why a job that ended without its script recording an exit ended, by its final state. */
+const ENDED_CAUSES: Record<string, string> = {
+  COMPLETED: 'the job completed, yet its script recorded no exit status: the run folder is probably not on storage this server and the node share',
+  FAILED: 'the job failed before its script recorded an exit status (see the slurm/*.out file in the run folder)',
+  CANCELLED: 'the job was cancelled outside this server (scancel by a user or an administrator)',
+  TIMEOUT: "the job reached Slurm's time limit",
+  NODE_FAIL: 'the node running the job failed',
+  BOOT_FAIL: 'the node allocated to the job failed to boot',
+  PREEMPTED: 'the job was preempted by another job',
+  OUT_OF_MEMORY: "the job ran out of memory (Slurm's memory limit for it)",
+  DEADLINE: 'the job reached its deadline',
+  REVOKED: 'the job was revoked by a federated cluster',
+  SPECIAL_EXIT: 'the job ended in a special exit state',
+};
+
+/**
+ * What a job's state means for the phase: still `active`, or `ended` with the run status it
+ * implies when the phase itself left no exit status (`timed_out` only for Slurm's own limit; every
+ * other loss is `crashed`) and the cause to record.
+ */
+export type JobVerdict = { kind: 'active'; state: string } | { kind: 'ended'; state: string; status: 'crashed' | 'timed_out'; cause: string };
+
+export function jobVerdict(state: string | undefined): JobVerdict {
+  if (state === undefined) {
+    return { kind: 'ended', state: 'UNKNOWN', status: 'crashed', cause: 'the cluster no longer knows the job and its script recorded no exit status (lost: node failure, preemption or a restarted controller)' };
+  }
+  const upper = state.toUpperCase();
+  if (ACTIVE_STATES.has(upper)) return { kind: 'active', state: upper };
+  const cause = ENDED_CAUSES[upper] ?? `the job ended in state ${upper} without its script recording an exit status`;
+  return { kind: 'ended', state: upper, status: upper === 'TIMEOUT' || upper === 'DEADLINE' ? 'timed_out' : 'crashed', cause };
+}
+
+/** The exit status the job script recorded, as the local runner reports a child's: a code, or the signal that killed it (bash: 128 + N). */
+export function parseExitFile(text: string): { exitCode: number | null; signal: string | null } | undefined {
+  const trimmed = text.trim();
+  if (!/^\d+$/.test(trimmed)) return undefined;
+  const code = Number(trimmed);
+  if (code > 128) {
+    const name = Object.entries(osConstants.signals).find(([, n]) => n === code - 128)?.[0];
+    if (name) return { exitCode: null, signal: name };
+  }
+  return { exitCode: code, signal: null };
+}
+
+/** Words a failed sbatch says, with what to do about them. */
+export function sbatchRefusal(stderr: string, options: SlurmOptions): string {
+  const message = stderr.trim().split('\n').filter(Boolean).slice(-2).join(' ') || 'no message';
+  const hints: string[] = [];
+  if (/partition/i.test(message)) hints.push(`check --slurm-partition${options.partition ? ` (${options.partition})` : ''} against \`sinfo -s\``);
+  if (/account|association/i.test(message)) hints.push(`check --slurm-account${options.account ? ` (${options.account})` : ''} against \`sacctmgr show assoc user=$USER\``);
+  if (/gres|generic resource/i.test(message)) hints.push(`the partition has no GPUs as gres "gpu" for ${options.gpusPerJob} per job: choose a GPU partition or --slurm-gpus 0`);
+  if (/time limit/i.test(message)) hints.push("the partition's time limit is below the run's ceiling: lower --ceiling-seconds or choose another partition");
+  return `sbatch refused the job: ${message}${hints.length ? `; ${hints.join('; ')}` : ''}`;
+}
+
+// ---- the impure half: the real commands --------------------------------------------------------
+
+interface Ran {
+  code: number;
+  stdout: string;
+  stderr: string;
+  /** Set when the command could not be started at all (not installed). */
+  missing?: string;
+}
+
+function runCommand(command: string, args: string[]): Promise<Ran> {
+  return new Promise((resolve) => {
+    execFile(command, args, { encoding: 'utf8', timeout: 60_000 }, (error, stdout, stderr) => {
+      const err = error as (NodeJS.ErrnoException & { code?: unknown }) | null;
+      if (err && err.code === 'ENOENT') {
+        resolve({ code: 127, stdout: '', stderr: '', missing: `${command} is not installed (the Slurm client commands must be on this server's PATH: Debian package slurm-client)` });
+        return;
+      }
+      resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr });
+    });
+  });
+}
+
+/** The state the cluster gives the job: squeue while it remembers the job (MinJobAge), else sacct where accounting is on; undefined when neither knows it. */
+async function jobState(id: string): Promise<string | undefined> {
+  const queued = await runCommand('squeue', ['-h', '-t', 'all', '-j', id, '-o', '%i|%T|%r']);
+  const row = parseJobRows(queued.stdout).find((r) => r.id === id);
+  if (row) return row.state;
+  if (queued.code !== 0 && !/invalid job id/i.test(queued.stderr)) {
+    // The controller did not answer: not a verdict about the job. Say "active" and ask again.
+    return 'PENDING';
+  }
+  const accounted = await runCommand('sacct', ['-n', '-P', '-X', '-j', id, '-o', 'JobID,State,Reason']);
+  if (accounted.code !== 0) return undefined;
+  return parseJobRows(accounted.stdout).find((r) => r.id === id)?.state;
+}
+
+export interface JobEnd {
+  exitCode: number | null;
+  signal: string | null;
+  /** The result fd's content. */
+  output: string;
+  jobId?: string;
+  /** The final Slurm state, when the cluster still knew it. */
+  state?: string;
+  /** Set when the phase did not run to its own exit: why (refused by sbatch, lost, cancelled outside). */
+  failure?: string;
+  /** The run status that failure implies (timed_out for Slurm's own time limit). */
+  failureStatus?: 'crashed' | 'timed_out';
+  /** The cause alone (failure without "ran as Slurm job N, which ended S: "). */
+  cause?: string;
+}
+
+/**
+ * One phase as a Slurm job: `submit()` writes the script and submits it, `ended` settles when the
+ * job has left the queue (with the phase's exit status and result, or why there are none), and
+ * `cancel()` is scancel. Cancelling before submission makes submit() a no-op.
+ */
+export class SlurmJob {
+  readonly ended: Promise<JobEnd>;
+  jobId?: string;
+  private settle!: (end: JobEnd) => void;
+  private cancelled = false;
+  private done = false;
+
+  constructor(
+    private readonly options: SlurmOptions,
+    private readonly job: JobPhase,
+    private readonly name: string,
+    private readonly minutes: number,
+  ) {
+    this.ended = new Promise((resolve) => (this.settle = resolve));
+  }
+
+  /** Writes the job's files (stdinLine into its stdin file) and submits it; then follows it until it ends. */
+  async submit(stdinLine?: string): Promise<void> {
+    if (this.cancelled) return this.finish({ exitCode: null, signal: null, output: '', failure: 'was cancelled before it was submitted to Slurm' });
+    const files = this.job.files;
+    try {
+      await mkdir(files.dir, { recursive: true });
+      await Promise.all([files.result, files.exit, `${files.exit}.tmp`, files.stdin].map((p) => rm(p, { force: true })));
+      if (this.job.stdin) await writeFile(files.stdin, stdinLine === undefined ? '' : `${stdinLine}\n`);
+      await writeFile(files.script, jobScript(this.job), { mode: 0o755 });
+    } catch (error) {
+      return this.finish({ exitCode: null, signal: null, output: '', failure: `could not be submitted to Slurm: its job files could not be written in ${files.dir} (${(error as Error).message}); the run folder must be writable and on storage the cluster's nodes share` });
+    }
+    const submitted = await runCommand('sbatch', sbatchArgs(this.options, this.job, this.name, this.minutes));
+    const id = submitted.code === 0 ? parseSbatch(submitted.stdout) : undefined;
+    if (!id) {
+      const why = submitted.missing ?? (submitted.code === 0 ? `sbatch answered without a job id (${submitted.stdout.trim() || 'nothing'})` : sbatchRefusal(submitted.stderr, this.options));
+      return this.finish({ exitCode: null, signal: null, output: '', failure: `could not be submitted to Slurm: ${why}` });
+    }
+    this.jobId = id;
+    if (this.cancelled) void runCommand('scancel', [id]);   // cancelled while sbatch ran
+    void this.follow(id);
+  }
+
+  /** scancel (SIGTERM to the job's processes, then SIGKILL after the cluster's KillWait). */
+  cancel(): void {
+    if (this.done) return;
+    this.cancelled = true;
+    if (this.jobId) void runCommand('scancel', [this.jobId]);
+  }
+
+  /** Settles without a job: the phase was never submitted (a deferred evaluator stopped before its go). */
+  abandon(): void {
+    this.cancelled = true;
+    if (!this.jobId) this.finish({ exitCode: null, signal: null, output: '', failure: 'was never submitted to Slurm' });
+  }
+
+  private async follow(id: string): Promise<void> {
+    const pollMs = this.options.pollMs ?? 500;
+    for (;;) {
+      const state = await jobState(id);
+      const verdict = jobVerdict(state);
+      if (verdict.kind === 'ended') {
+        this.finish(this.collect(id, verdict));
+        return;
+      }
+      await new Promise((r) => setTimeout(r, pollMs));
+    }
+  }
+
+  private collect(id: string, verdict: Extract<JobVerdict, { kind: 'ended' }>): JobEnd {
+    const files = this.job.files;
+    const output = existsSync(files.result) ? readFileSync(files.result, 'utf8').slice(0, 1 << 20) : '';
+    const recorded = existsSync(files.exit) ? parseExitFile(readFileSync(files.exit, 'utf8')) : undefined;
+    const state = verdict.state === 'UNKNOWN' ? undefined : verdict.state;
+    // A script that recorded its exit ran the phase to its end, whatever state the job then got.
+    if (recorded && verdict.state !== 'TIMEOUT') return { ...recorded, output, jobId: id, state };
+    const cause = this.cancelled ? 'the server cancelled it' : verdict.cause;
+    const failure = `ran as Slurm job ${id}, which ended ${verdict.state === 'UNKNOWN' ? 'out of sight' : verdict.state}: ${cause}`;
+    return { exitCode: recorded?.exitCode ?? null, signal: recorded?.signal ?? null, output, jobId: id, state, failure, failureStatus: verdict.status, cause };
+  }
+
+  private finish(end: JobEnd): void {
+    if (this.done) return;
+    this.done = true;
+    this.settle(end);
+  }
+}
+
+/** Whether sbatch and squeue answer here; undefined when they do, else what to do. */
+export async function slurmProblem(options: SlurmOptions): Promise<string | undefined> {
+  const info = await runCommand('sinfo', ['-h', '-o', '%P|%a', ...(options.partition ? ['-p', options.partition] : [])]);
+  if (info.missing) return info.missing;
+  if (info.code !== 0) return `the Slurm controller does not answer (sinfo: ${info.stderr.trim() || `exit ${info.code}`}); check that slurmctld runs and this host's slurm.conf names it`;
+  if (options.partition && !info.stdout.trim()) return `Slurm partition "${options.partition}" does not exist; \`sinfo -s\` lists the partitions, pass one with --slurm-partition`;
+  return undefined;
+}
+
+/** Whether `inner` is `outer` or inside it (both absolute, already resolved). */
+function within(inner: string, outer: string): boolean {
+  const o = outer.endsWith('/') ? outer : `${outer}/`;
+  return inner === outer || inner.startsWith(o);
+}
+
+/**
+ * The folders a job reads or writes must be on the shared folder, where the nodes see them at the
+ * same paths; undefined when they are, else which is not and what to do. Pure: the caller
+ * resolves symlinks first.
+ */
+export function sharedFolderProblem(sharedDir: string, folders: { name: string; path: string }[]): string | undefined {
+  const outside = folders.filter((f) => !within(f.path, sharedDir));
+  if (outside.length === 0) return undefined;
+  return (
+    `with --backend slurm the jobs read and write ${outside.map((f) => `the ${f.name} (${f.path})`).join(' and ')}, ` +
+    `which ${outside.length === 1 ? 'is' : 'are'} not on the shared folder ${sharedDir}: create the workspace (and its data, init --data-dir) under ${sharedDir}, or name the folder the nodes share with --slurm-shared-dir`
+  );
+}
+
+/** Writes and removes a probe file in `dir`: undefined when that works, else what to do. */
+export async function writableProblem(dir: string): Promise<string | undefined> {
+  const probe = join(dir, `.autoresearch-probe-${process.pid}`);
+  try {
+    await writeFile(probe, 'probe\n');
+    await rm(probe, { force: true });
+    return undefined;
+  } catch (error) {
+    return `the shared folder ${dir} is not writable by this server (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}); fix its permissions or name another with --slurm-shared-dir`;
+  }
+}
