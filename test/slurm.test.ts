@@ -1,0 +1,329 @@
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import {
+  formatTimeLimit,
+  jobFiles,
+  jobScript,
+  jobVerdict,
+  parseExitFile,
+  parseJobRows,
+  parseSbatch,
+  sbatchArgs,
+  sbatchRefusal,
+  sharedFolderProblem,
+  shellQuote,
+  slurmProblem,
+  timeLimitMinutes,
+  writableProblem,
+  type JobPhase,
+  type SlurmOptions,
+} from '../src/core/slurm.js';
+import { ROOT, waitUntil } from './helpers.js';
+import { makeRunner, peekNextId, runTrain, setup, trainPy, type Setup } from './runner-fixtures.js';
+
+// ---- the pure half -------------------------------------------------------------------------------
+
+describe('Slurm job parameters', () => {
+  it('gives a job whole minutes, one more than the run ceiling needs', () => {
+    expect(timeLimitMinutes(1)).toBe(2);
+    expect(timeLimitMinutes(60)).toBe(2);
+    expect(timeLimitMinutes(61)).toBe(3);
+    expect(timeLimitMinutes(3600)).toBe(61);
+    expect(() => timeLimitMinutes(0)).toThrow(/positive/);
+    expect(() => timeLimitMinutes(Number.NaN)).toThrow(/positive/);
+  });
+
+  it('writes the time limit as sbatch --time reads it', () => {
+    expect(formatTimeLimit(5)).toBe('5');
+    expect(formatTimeLimit(59)).toBe('59');
+    expect(formatTimeLimit(60)).toBe('0-01:00:00');
+    expect(formatTimeLimit(61)).toBe('0-01:01:00');
+    expect(formatTimeLimit(1500)).toBe('1-01:00:00');
+    expect(() => formatTimeLimit(1.5)).toThrow(/minutes/);
+  });
+
+  it('passes partition, account, GPUs and extra arguments, never requeues, exports nothing of ours, and ends with the script', () => {
+    const job = phase('/r', 'supervise');
+    expect(sbatchArgs({ gpusPerJob: 0 }, job, 'autoresearch-7-supervise', 3)).toEqual([
+      '--parsable', '--job-name', 'autoresearch-7-supervise', '--output', '/r/slurm/supervise.out', '--time', '3', '--nodes', '1', '--ntasks', '1',
+      '--export', 'NONE', '--no-requeue', '/r/slurm/supervise.sh',
+    ]);
+    const full = sbatchArgs({ gpusPerJob: 1, partition: 'gpu', account: 'lab', extraArgs: ['--qos=short'] }, job, 'n', 90);
+    expect(full.slice(-7)).toEqual(['--partition', 'gpu', '--account', 'lab', '--gres=gpu:1', '--qos=short', '/r/slurm/supervise.sh']);
+    expect(full).toContain('0-01:30:00');
+  });
+
+  it('reads the job id from sbatch --parsable, with or without a cluster name', () => {
+    expect(parseSbatch('12\n')).toBe('12');
+    expect(parseSbatch('12;ci\n')).toBe('12');
+    expect(parseSbatch('12_3\n')).toBe('12_3');
+    expect(parseSbatch('Submitted batch job 12\n')).toBeUndefined();
+    expect(parseSbatch('')).toBeUndefined();
+  });
+
+  it('reads squeue and sacct rows, the state being the first word', () => {
+    expect(parseJobRows('5|RUNNING|None\n6|PENDING|Priority\n\nnoise\n')).toEqual([
+      { id: '5', state: 'RUNNING', reason: 'None' },
+      { id: '6', state: 'PENDING', reason: 'Priority' },
+    ]);
+    expect(parseJobRows('7|CANCELLED by 0|None\n')).toEqual([{ id: '7', state: 'CANCELLED', reason: 'None' }]);
+  });
+
+  it.each(['PENDING', 'CONFIGURING', 'RUNNING', 'COMPLETING', 'SUSPENDED', 'REQUEUED', 'running'])('%s: the job has not ended', (state) => {
+    expect(jobVerdict(state).kind).toBe('active');
+  });
+
+  it.each([
+    ['COMPLETED', 'crashed', /not on storage this server and the node share/],
+    ['FAILED', 'crashed', /failed before its script recorded/],
+    ['CANCELLED', 'crashed', /cancelled outside this server/],
+    ['TIMEOUT', 'timed_out', /Slurm's time limit/],
+    ['NODE_FAIL', 'crashed', /node running the job failed/],
+    ['PREEMPTED', 'crashed', /preempted/],
+    ['OUT_OF_MEMORY', 'crashed', /out of memory/],
+    ['BOOT_FAIL', 'crashed', /failed to boot/],
+    ['DEADLINE', 'timed_out', /deadline/],
+    ['SOMETHING_NEW', 'crashed', /state SOMETHING_NEW/],
+  ])('%s without a recorded exit: %s, saying why', (state, status, cause) => {
+    const verdict = jobVerdict(state);
+    expect(verdict).toMatchObject({ kind: 'ended', state, status });
+    expect(verdict.kind === 'ended' && verdict.cause).toMatch(cause);
+  });
+
+  it('calls a job the cluster no longer knows lost', () => {
+    expect(jobVerdict(undefined)).toMatchObject({ kind: 'ended', state: 'UNKNOWN', status: 'crashed', cause: expect.stringMatching(/no longer knows the job/) });
+  });
+
+  it('reads the exit status the job script recorded, a signal as bash reports it', () => {
+    expect(parseExitFile('0\n')).toEqual({ exitCode: 0, signal: null });
+    expect(parseExitFile('3')).toEqual({ exitCode: 3, signal: null });
+    expect(parseExitFile('137\n')).toEqual({ exitCode: null, signal: 'SIGKILL' });
+    expect(parseExitFile('143')).toEqual({ exitCode: null, signal: 'SIGTERM' });
+    expect(parseExitFile('')).toBeUndefined();
+    expect(parseExitFile('12a')).toBeUndefined();
+  });
+
+  it('says what to do when sbatch refuses a job', () => {
+    const options: SlurmOptions = { gpusPerJob: 1, partition: 'nope', account: 'x' };
+    expect(sbatchRefusal('sbatch: error: invalid partition specified: nope\nsbatch: error: Batch job submission failed: Invalid partition name specified\n', options)).toMatch(
+      /^sbatch refused the job: .*Invalid partition name specified; check --slurm-partition \(nope\) against `sinfo -s`$/,
+    );
+    expect(sbatchRefusal('sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified', options)).toMatch(/check --slurm-account \(x\)/);
+    expect(sbatchRefusal('sbatch: error: Batch job submission failed: Invalid generic resource (gres) specification', options)).toMatch(/--slurm-gpus 0/);
+    expect(sbatchRefusal('', options)).toBe('sbatch refused the job: no message');
+  });
+
+  it('wants the run folders and the data on the shared folder, naming what is not', () => {
+    expect(sharedFolderProblem('/shared', [{ name: 'run folders', path: '/shared/ws/.autoresearch/runs' }, { name: 'data folder', path: '/shared' }])).toBeUndefined();
+    const problem = sharedFolderProblem('/shared', [{ name: 'run folders', path: '/home/me/ws/.autoresearch/runs' }, { name: 'data folder', path: '/sharedx/data' }]);
+    expect(problem).toMatch(/the run folders \(\/home\/me\/ws\/.autoresearch\/runs\) and the data folder \(\/sharedx\/data\), which are not on the shared folder \/shared: create the workspace/);
+  });
+
+  it('finds an unwritable shared folder', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ar-slurm-shared-'));
+    expect(await writableProblem(dir)).toBeUndefined();
+    expect(await writableProblem(join(dir, 'missing'))).toMatch(/is not writable by this server \(ENOENT\); fix its permissions or name another with --slurm-shared-dir/);
+  });
+});
+
+function phase(root: string, name: string, over: Partial<JobPhase> = {}): JobPhase {
+  return { phase: name, argv: ['/bin/true'], cwd: root, env: {}, resultFd: 1, stdin: false, log: join(root, 'run.log'), files: jobFiles(root, name), ...over };
+}
+
+describe('the job script, run by bash as a job runs it', () => {
+  it('runs the phase with exactly its environment (quoted whatever it holds), its stdin, the result fd to a file and the rest to the log, and records the exit last', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'ar-slurm-script-'));
+    const tricky = `it's "quoted" $HOME \`x\` ; rm -rf /`;
+    const script = `
+import json, os, sys
+print("to the log", flush=True)
+print("err to the log", file=sys.stderr)
+os.write(3, json.dumps({"env": dict(os.environ), "stdin": sys.stdin.read(), "cwd": os.getcwd()}).encode())
+sys.exit(4)
+`;
+    const job = phase(root, 'evaluate', { argv: ['/usr/bin/python3', '-c', script, tricky], env: { TRICKY: tricky, PYTHONDONTWRITEBYTECODE: '1' }, resultFd: 3, stdin: true });
+    await mkdir(job.files.dir, { recursive: true });
+    await writeFile(job.files.stdin, 'go\n');
+    await writeFile(job.files.script, jobScript(job));
+    const ran = spawnSync('/bin/bash', [job.files.script], { env: { SLURM_JOB_ID: '77', SLURMD_NODENAME: 'n1', CUDA_VISIBLE_DEVICES: '1', SECRET: 'server' }, encoding: 'utf8' });
+    expect(ran.status).toBe(4);
+    const seen = JSON.parse(await readFile(job.files.result, 'utf8'));
+    // python adds LC_CTYPE on some systems; nothing of the job's own environment passes
+    expect(Object.keys(seen.env).filter((k) => k !== 'LC_CTYPE').sort()).toEqual(['PYTHONDONTWRITEBYTECODE', 'TRICKY']);
+    expect(seen.env.TRICKY).toBe(tricky);
+    expect(seen.stdin).toBe('go\n');
+    expect(seen.cwd).toBe(root);
+    expect(parseExitFile(await readFile(job.files.exit, 'utf8'))).toEqual({ exitCode: 4, signal: null });
+    expect(existsSync(`${job.files.exit}.tmp`)).toBe(false);
+    const log = await readFile(job.log, 'utf8');
+    expect(log).toBe('slurm: evaluate job 77 on n1 CUDA_VISIBLE_DEVICES=1\nto the log\nerr to the log\n');
+  });
+
+  it('sends stdout to the result file for the supervisor, stdin from /dev/null', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'ar-slurm-script-'));
+    const job = phase(root, 'supervise', { argv: ['/bin/sh', '-c', 'cat; echo "{\\"outcome\\": \\"exited\\"}"; echo oops >&2'] });
+    await mkdir(job.files.dir, { recursive: true });
+    await writeFile(job.files.script, jobScript(job));
+    expect(spawnSync('/bin/bash', [job.files.script]).status).toBe(0);
+    expect(await readFile(job.files.result, 'utf8')).toBe('{"outcome": "exited"}\n');
+    expect(await readFile(job.log, 'utf8')).toMatch(/^slurm: supervise job \? on \? CUDA_VISIBLE_DEVICES=\noops\n$/);
+  });
+
+  it('records 127 and says so in the log when the folder is not there on the node', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'ar-slurm-script-'));
+    const job = phase(root, 'supervise', { cwd: join(root, 'not-on-this-node') });
+    await mkdir(job.files.dir, { recursive: true });
+    await writeFile(job.files.script, jobScript(job));
+    expect(spawnSync('/bin/bash', [job.files.script]).status).toBe(127);
+    expect(await readFile(job.files.exit, 'utf8')).toBe('127\n');
+    expect(await readFile(job.log, 'utf8')).toMatch(/cannot enter .*not-on-this-node on this node/);
+  });
+
+  it('refuses what cannot be passed to a job', () => {
+    expect(() => jobScript(phase('/r', 'x', { env: { 'A-B': '1' } }))).toThrow(/cannot be passed/);
+    expect(() => shellQuote('a\0b')).toThrow(/NUL/);
+    expect(shellQuote("it's")).toBe(`'it'\\''s'`);
+  });
+});
+
+// ---- the runner on a real loopback cluster (test/slurm-local.sh) ------------------------------
+
+/** Starts the loopback cluster unless one answers (CI: test/run-suite.sh installs nothing; .ci/run installs the packages). */
+function ensureCluster(): void {
+  const answers = () => spawnSync('sinfo', ['-h', '-o', '%t'], { encoding: 'utf8' });
+  const first = answers();
+  if (first.status === 0 && /idle|mix|alloc/.test(first.stdout)) return;
+  const script = join(ROOT, 'test', 'slurm-local.sh');
+  const started = spawnSync('bash', [script, 'start'], { encoding: 'utf8', env: { ...process.env, SLURM_CI_GPUS: '2', SLURM_CI_KILLWAIT: '2' } });
+  if (started.status !== 0) throw new Error(`could not start the loopback Slurm cluster (${script} start, as root, with slurmctld slurmd slurm-client munge installed):\n${started.stdout}\n${started.stderr}`);
+}
+
+/** The Slurm job id the run log names for a phase, once the job runs. */
+function jobIdIn(dir: string, name: 'supervise' | 'evaluate'): string | undefined {
+  const log = join(dir, 'run.log');
+  if (!existsSync(log)) return undefined;
+  return new RegExp(`^slurm: ${name} job (\\d+) `, 'm').exec(readFileSync(log, 'utf8'))?.[1];
+}
+
+/** Jobs of ours the cluster still runs or queues. */
+function ourActiveJobs(): string[] {
+  const out = execFileSync('squeue', ['-h', '-o', '%i|%j'], { encoding: 'utf8' });
+  return out.split('\n').filter((line) => line.includes('|autoresearch-'));
+}
+
+const SLURM: SlurmOptions = { gpusPerJob: 0, pollMs: 200 };
+
+describe('ProcessRunner with the Slurm backend, on a loopback cluster', () => {
+  let s: Setup;
+  beforeAll(async () => {
+    ensureCluster();
+    s = await setup();
+  }, 120_000);
+
+  it('runs both phases as jobs, sandboxed in the job, and brings back the same outcome as a local run', async () => {
+    const runner = makeRunner(s, 'bwrap', { slurm: SLURM });
+    const { outcome, log, dir } = await runTrain(s, runner, trainPy(s));
+    expect(outcome.error).toBeUndefined();
+    expect(outcome).toMatchObject({ status: 'succeeded', valBpb: 1.25, sandboxed: true, evalTokens: 100, batchesServed: 1 });
+    expect(outcome.summary.val_bpb).toBe(0.1);
+    const supervise = jobIdIn(dir, 'supervise');
+    const evaluate = jobIdIn(dir, 'evaluate');
+    expect(supervise).toBeDefined();
+    expect(evaluate).toBeDefined();
+    expect(Number(evaluate)).toBeGreaterThan(Number(supervise));
+    // the trainer ran in its sandbox inside the job: it saw no validation data
+    expect(log).toMatch(/evaluator seed=\d+ val=True train=False weights=the-weights/);
+    expect(JSON.parse(log.split('\n').find((l) => l.startsWith('SEEN '))!.slice(5))).toMatchObject({ cwd: '/sandbox/scratch', val: false });
+    expect(readFileSync(join(dir, 'slurm', 'supervise.exit'), 'utf8')).toBe('0\n');
+  }, 120_000);
+
+  it('gives concurrent jobs their own fake GPU (gres), as CUDA_VISIBLE_DEVICES', async () => {
+    // Two unsandboxed trainers that each wait until both run: only then are both jobs holding a GPU at once.
+    const meet = await mkdtemp(join(tmpdir(), 'ar-slurm-meet-'));
+    const wait = `
+import pathlib
+pathlib.Path(${JSON.stringify(meet)}, str(os.getpid())).touch()
+while len(list(pathlib.Path(${JSON.stringify(meet)}).iterdir())) < 2:
+    time.sleep(0.1)
+`;
+    const runner = makeRunner(s, 'none', { slurm: { ...SLURM, gpusPerJob: 1 } });
+    const runs = await Promise.all([runTrain(s, runner, trainPy(s, { val_bpb: 1.1 }, { beforeBatch: wait })), runTrain(s, runner, trainPy(s, { val_bpb: 1.2 }, { beforeBatch: wait }))]);
+    const devices = runs.map((run) => /^slurm: supervise job \d+ on \S+ CUDA_VISIBLE_DEVICES=(\S*)$/m.exec(run.log)?.[1]);
+    expect(runs.map((r) => r.outcome.status)).toEqual(['succeeded', 'succeeded']);
+    expect(devices.sort()).toEqual(['0', '1']);
+  }, 180_000);
+
+  it('cancels a running job with scancel', async () => {
+    const runner = makeRunner(s, 'bwrap', { slurm: SLURM });
+    const id = peekNextId();
+    const pending = runTrain(s, runner, trainPy(s, {}, { beforeBatch: 'time.sleep(600)' }));
+    const dir = join(s.runs, String(id));
+    await waitUntil(() => jobIdIn(dir, 'supervise') !== undefined, 60, 'the supervise job to start');
+    expect(runner.stop(id, 'cancelled')).toBe(true);
+    const { outcome } = await pending;
+    expect(outcome.status).toBe('cancelled');
+    expect(ourActiveJobs()).toEqual([]);
+  }, 120_000);
+
+  it('stops a hung run at the server\'s ceiling and cancels its job', async () => {
+    const runner = makeRunner(s, 'bwrap', { slurm: SLURM, ceilingSeconds: 4 });
+    const { outcome } = await runTrain(s, runner, trainPy(s, {}, { beforeBatch: 'time.sleep(600)' }));
+    expect(outcome.status).toBe('timed_out');
+    expect(outcome.error).toMatch(/ceiling of 4 s/);
+    expect(ourActiveJobs()).toEqual([]);
+  }, 120_000);
+
+  it('records a job cancelled outside the server as crashed with the cause, and the next run goes on', async () => {
+    const runner = makeRunner(s, 'bwrap', { slurm: SLURM });
+    const id = peekNextId();
+    const pending = runTrain(s, runner, trainPy(s, {}, { beforeBatch: 'time.sleep(600)' }));
+    const dir = join(s.runs, String(id));
+    await waitUntil(() => jobIdIn(dir, 'supervise') !== undefined, 60, 'the supervise job to start');
+    execFileSync('scancel', [jobIdIn(dir, 'supervise')!]);
+    const { outcome } = await pending;
+    expect(outcome.status).toBe('crashed');
+    expect(outcome.error).toMatch(/the supervisor \(supervise.py\) ran as Slurm job \d+, which ended CANCELLED: the job was cancelled outside this server/);
+    const next = await runTrain(s, runner, trainPy(s, { val_bpb: 1.3 }));
+    expect(next.outcome.status).toBe('succeeded');
+  }, 120_000);
+
+  it('records a job lost to a node failure as crashed with the cause', async () => {
+    const runner = makeRunner(s, 'bwrap', { slurm: SLURM });
+    const id = peekNextId();
+    const pending = runTrain(s, runner, trainPy(s, {}, { beforeBatch: 'time.sleep(600)' }));
+    const dir = join(s.runs, String(id));
+    await waitUntil(() => jobIdIn(dir, 'supervise') !== undefined, 60, 'the supervise job to start');
+    const node = execFileSync('squeue', ['-h', '-j', jobIdIn(dir, 'supervise')!, '-o', '%N'], { encoding: 'utf8' }).trim();
+    execFileSync('scontrol', ['update', `nodename=${node}`, 'state=down', 'reason=autoresearch-test']);
+    try {
+      const { outcome } = await pending;
+      expect(outcome.status).toBe('crashed');
+      expect(outcome.error).toMatch(/ran as Slurm job \d+, which ended NODE_FAIL: the node running the job failed/);
+    } finally {
+      // ReturnToService=2 may have brought it back already; "resume" then says the state is invalid.
+      spawnSync('scontrol', ['update', `nodename=${node}`, 'state=resume']);
+      await waitUntil(() => /idle|mix/.test(spawnSync('sinfo', ['-h', '-n', node, '-o', '%t'], { encoding: 'utf8' }).stdout), 60, `node ${node} to be idle again`);
+    }
+  }, 120_000);
+
+  it('records sbatch refusing the job (a partition that does not exist) as crashed, saying what to check', async () => {
+    const runner = makeRunner(s, 'bwrap', { slurm: { ...SLURM, partition: 'no-such-partition' } });
+    const { outcome } = await runTrain(s, runner, trainPy(s));
+    expect(outcome.status).toBe('crashed');
+    expect(outcome.error).toMatch(/could not be submitted to Slurm: sbatch refused the job: .*[Ii]nvalid partition.*check --slurm-partition \(no-such-partition\) against `sinfo -s`/);
+    expect(await slurmProblem({ gpusPerJob: 0, partition: 'no-such-partition' })).toMatch(/partition "no-such-partition" does not exist; `sinfo -s` lists the partitions/);
+    expect(await slurmProblem({ gpusPerJob: 0 })).toBeUndefined();
+  }, 60_000);
+
+  it('calls a run killed by Slurm\'s own time limit timed_out, naming the cluster', async () => {
+    // Slurm enforces whole minutes (and checks about every 30 s): this test takes one to two minutes.
+    const runner = makeRunner(s, 'bwrap', { slurm: { ...SLURM, timeLimitMinutes: 1 }, ceilingSeconds: 600 });
+    const { outcome } = await runTrain(s, runner, trainPy(s, {}, { beforeBatch: 'time.sleep(600)' }));
+    expect(outcome.status).toBe('timed_out');
+    expect(outcome.error).toMatch(/^killed by the cluster: Slurm job \d+ ended TIMEOUT \(the job reached Slurm's time limit\)/);
+  }, 240_000);
+});
