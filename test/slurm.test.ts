@@ -321,7 +321,9 @@ while len(list(pathlib.Path(${JSON.stringify(meet)}).iterdir())) < 2:
 
   it('calls a run killed by Slurm\'s own time limit timed_out, naming the cluster', async () => {
     // Slurm enforces whole minutes (and checks about every 30 s): this test takes one to two minutes.
-    const runner = makeRunner(s, 'bwrap', { slurm: { ...SLURM, timeLimitMinutes: 1 }, ceilingSeconds: 600 });
+    // A start-up allowance past the limit: the supervisor would otherwise end the sleeping trainer first (over_budget).
+    const budget = { timeBudget: 2, clock: 'wall' as const, slack: 0.5, startupAllowance: 600, exportAllowance: 20, maxBatchTokens: 1 << 20, scratchBytes: 64 << 20 };
+    const runner = makeRunner(s, 'bwrap', { slurm: { ...SLURM, timeLimitMinutes: 1 }, ceilingSeconds: 600, budget });
     const { outcome } = await runTrain(s, runner, trainPy(s, {}, { beforeBatch: 'time.sleep(600)' }));
     expect(outcome.status).toBe('timed_out');
     expect(outcome.error).toMatch(/^killed by the cluster: Slurm job \d+ ended TIMEOUT \(the job reached Slurm's time limit\)/);
