@@ -5,7 +5,7 @@ import { parseArgs } from 'node:util';
 import { UsageError } from './core/errors.js';
 import { gpuListProblem, gpuUsage } from './core/gpus.js';
 import { createWorkspace, PROFILES, type Profile } from './core/init.js';
-import { Lab } from './core/lab.js';
+import { Lab, type LabOptions } from './core/lab.js';
 import { explainNativeModuleError } from './core/native.js';
 import { expandHome, PACKAGE_ROOT } from './core/paths.js';
 import { findPython } from './core/python.js';
@@ -26,7 +26,15 @@ export const ENV_FLAGS = {
   url: 'AUTORESEARCH_URL',
   'idle-hours': 'AUTORESEARCH_IDLE_HOURS',
   'no-daemon': 'AUTORESEARCH_NO_DAEMON',
+  backend: 'AUTORESEARCH_BACKEND',
+  'slurm-partition': 'AUTORESEARCH_SLURM_PARTITION',
+  'slurm-account': 'AUTORESEARCH_SLURM_ACCOUNT',
+  'slurm-gpus': 'AUTORESEARCH_SLURM_GPUS',
+  'slurm-shared-dir': 'AUTORESEARCH_SLURM_SHARED_DIR',
 } as const;
+
+/** The flags that configure the Slurm backend: valid only with --backend slurm, passed on from serve to its lab. */
+const SLURM_FLAGS = ['slurm-partition', 'slurm-account', 'slurm-gpus', 'slurm-shared-dir'] as const;
 
 /** Switches that may come from the environment: 1, true, yes or on set them. */
 const BOOLEAN_ENV_FLAGS = ['no-daemon'] as const;
@@ -45,6 +53,8 @@ const ENV_HELP = [
   '  AUTORESEARCH_URL              --url of agent',
   `  AUTORESEARCH_IDLE_HOURS       --idle-hours: a lab with nothing to do and no client stops after this (default ${DEFAULT_IDLE_HOURS}; 0: never)`,
   '  AUTORESEARCH_NO_DAEMON        --no-daemon when 1: serve in this process, runs end with the client',
+  '  AUTORESEARCH_BACKEND          --backend: local (default) or slurm (docs/slurm.md)',
+  '  AUTORESEARCH_SLURM_PARTITION, _ACCOUNT, _GPUS, _SHARED_DIR   --slurm-partition, --slurm-account, --slurm-gpus, --slurm-shared-dir',
 ].join('\n');
 
 const VERSION: string = JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')).version;
@@ -55,6 +65,7 @@ Usage:
   autoresearch-mcp init DIR [--profile cpu|gpu|smoke] [--corpus SRC ...] [--data-dir DIR] [--python PATH]
   autoresearch-mcp serve --workspace DIR [--http [--host 127.0.0.1] [--port 8765 (0: any free port)] [--token T]]
                          [--gpus 0,1,...] [--slots N] [--ceiling-seconds S] [--idle-hours H] [--no-daemon] [--unsandboxed]
+                         [--backend local|slurm [--slurm-partition P] [--slurm-account A] [--slurm-gpus N] [--slurm-shared-dir DIR]]
   autoresearch-mcp stop --workspace DIR          end the workspace's lab (cancels running experiments)
   autoresearch-mcp lab --workspace DIR [--idle-hours H] [--gpus ...] [--slots N] [--unsandboxed]   run the lab in the foreground
   autoresearch-mcp demo [--dir DIR] [--profile cpu|gpu] [--unsandboxed]
@@ -93,6 +104,11 @@ const OPTIONS = {
   slots: { type: 'string' },
   'ceiling-seconds': { type: 'string' },
   unsandboxed: { type: 'boolean' },
+  backend: { type: 'string' },
+  'slurm-partition': { type: 'string' },
+  'slurm-account': { type: 'string' },
+  'slurm-gpus': { type: 'string' },
+  'slurm-shared-dir': { type: 'string' },
   dir: { type: 'string' },
   plan: { type: 'string' },
   sweep: { type: 'string', multiple: true },
@@ -107,7 +123,7 @@ const OPTIONS = {
 } as const;
 
 /** Flags that name files or folders: `~` is expanded in each. */
-const PATH_FLAGS = ['workspace', 'python', 'data-dir', 'dir', 'plan', 'out'] as const;
+const PATH_FLAGS = ['workspace', 'python', 'data-dir', 'dir', 'plan', 'out', 'slurm-shared-dir'] as const;
 
 type Flags = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
 
@@ -166,10 +182,34 @@ export function resolveSlots(flags: { gpus?: string; slots?: string }): Slot[] {
   return gpus.length > 0 ? gpus.map((gpu, index) => ({ index, cudaDevices: String(gpu.index) })) : [{ index: 0 }];
 }
 
+/**
+ * The Slurm backend's settings from the flags, or undefined for local runs. With Slurm the
+ * cluster places each job on a GPU (gres), so --gpus, which names this machine's GPUs, is refused.
+ */
+export function slurmOptions(flags: Flags): LabOptions['slurm'] {
+  const backend = flags.backend ?? 'local';
+  if (backend === 'local') {
+    const stray = SLURM_FLAGS.filter((flag) => flags[flag] !== undefined);
+    if (stray.length > 0) throw new UsageError(`${stray.map((flag) => `--${flag}`).join(', ')} apply only with --backend slurm (or AUTORESEARCH_BACKEND=slurm).`);
+    return undefined;
+  }
+  if (backend !== 'slurm') throw new UsageError(`${flagName('backend')} is local or slurm, got "${backend}".`);
+  if (flags.gpus) throw new UsageError('--gpus names GPUs of this machine; with --backend slurm the cluster chooses them: ask for GPUs per job with --slurm-gpus N, and for concurrent jobs with --slots N.');
+  return {
+    partition: flags['slurm-partition'] || undefined,
+    account: flags['slurm-account'] || undefined,
+    gpusPerJob: positiveInt(flags['slurm-gpus'], 'slurm-gpus', 0) ?? 0,
+    sharedDir: flags['slurm-shared-dir'] ? resolve(flags['slurm-shared-dir']) : undefined,
+  };
+}
+
 async function openLab(flags: Flags, mode: 'serve' | 'inspect', log?: (message: string) => void): Promise<Lab> {
+  const slurm = slurmOptions(flags);
   return Lab.open({
     workspace: requireWorkspace(flags),
-    slots: resolveSlots(flags),
+    // With Slurm a slot is a job the lab keeps submitted; the cluster picks the node and the GPU.
+    slots: slurm ? Array.from({ length: positiveInt(flags.slots, 'slots') ?? 1 }, (_, index) => ({ index })) : resolveSlots(flags),
+    slurm,
     ceilingSeconds: positiveInt(flags['ceiling-seconds'], 'ceiling-seconds'),
     unsandboxed: flags.unsandboxed ?? false,
     mode,
@@ -289,9 +329,9 @@ async function main(argv: string[]): Promise<number> {
       if (flags.http) return runLab(flags, { http: httpOptions(flags), idleHours: idleHours(flags, 0), waitForLock: false });
       const workspace = requireWorkspace(flags);
       idleHours(flags, DEFAULT_IDLE_HOURS);
-      if (flags.gpus || flags.slots) resolveSlots(flags);
+      if (!slurmOptions(flags) && (flags.gpus || flags.slots)) resolveSlots(flags);
       positiveInt(flags['ceiling-seconds'], 'ceiling-seconds');
-      const labArgs = (['gpus', 'slots', 'ceiling-seconds', 'idle-hours'] as const).flatMap((flag) => (flags[flag] === undefined ? [] : [`--${flag}`, flags[flag] as string]));
+      const labArgs = (['gpus', 'slots', 'ceiling-seconds', 'idle-hours', 'backend', ...SLURM_FLAGS] as const).flatMap((flag) => (flags[flag] === undefined ? [] : [`--${flag}`, flags[flag] as string]));
       if (flags.unsandboxed) labArgs.push('--unsandboxed');
       const { attachStdio } = await import('./transports/attach.js');
       await attachStdio(workspace, labArgs);

@@ -3,7 +3,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   formatTimeLimit,
   jobFiles,
@@ -22,7 +22,7 @@ import {
   type JobPhase,
   type SlurmOptions,
 } from '../src/core/slurm.js';
-import { ROOT, waitUntil } from './helpers.js';
+import { CLI, closeServer, connect, expectSucceeded, makeWorkspace, ok, queryState, ROOT, serverEnv, waitFinished, waitUntil, type Connected } from './helpers.js';
 import { makeRunner, peekNextId, runTrain, setup, trainPy, type Setup } from './runner-fixtures.js';
 
 // ---- the pure half -------------------------------------------------------------------------------
@@ -328,4 +328,55 @@ while len(list(pathlib.Path(${JSON.stringify(meet)}).iterdir())) < 2:
     expect(outcome.status).toBe('timed_out');
     expect(outcome.error).toMatch(/^killed by the cluster: Slurm job \d+ ended TIMEOUT \(the job reached Slurm's time limit\)/);
   }, 240_000);
+});
+
+// ---- the server with --backend slurm: the same record and audit log as local runs --------------
+
+describe('the server with --backend slurm, on a loopback cluster (smoke profile, real train.py)', () => {
+  let workspace: string;
+  let server: Connected;
+  beforeAll(async () => {
+    ensureCluster();
+    workspace = await makeWorkspace('smoke');
+    server = await connect(workspace, ['--backend', 'slurm', '--ceiling-seconds', '120'], 'slurm-e2e');
+    await ok(server.client, 'start_session', { tag: 'slurm' });
+  }, 600_000);
+
+  afterAll(async () => {
+    if (server) await closeServer(server);
+  });
+
+  it('runs the baseline as Slurm jobs and records its result like a local run', async () => {
+    const run = await ok(server.client, 'run_experiment', { description: 'baseline on slurm' });
+    const done = await waitFinished(server.client, run.experiment.id);
+    expectSucceeded(done);
+    const [row] = queryState(workspace, 'SELECT status, val_bpb, sandboxed, log_path FROM experiments WHERE id = ?', run.experiment.id);
+    expect(row).toMatchObject({ status: 'succeeded', sandboxed: 1 });
+    expect(row.val_bpb).toBeGreaterThan(0);
+    expect(readFileSync(row.log_path, 'utf8')).toMatch(/^slurm: supervise job \d+ on /m);
+  }, 300_000);
+
+  it('records a job lost by the cluster as crashed with the cause, in the row and the audit log', async () => {
+    const run = await ok(server.client, 'run_experiment', { description: 'lost on slurm' });
+    const id = run.experiment.id as number;
+    const dir = join(workspace, '.autoresearch', 'runs', String(id));
+    await waitUntil(() => jobIdIn(dir, 'supervise') !== undefined, 120, 'the supervise job to start');
+    execFileSync('scancel', [jobIdIn(dir, 'supervise')!]);
+    const done = await waitFinished(server.client, id);
+    expect(done.status).toBe('crashed');
+    expect(done.error).toMatch(/ran as Slurm job \d+, which ended CANCELLED: the job was cancelled outside this server/);
+    const events = queryState(workspace, "SELECT method, message FROM audit_log WHERE kind = 'event' AND experiment_id = ?", id);
+    expect(events).toEqual([{ method: 'run_crashed', message: done.error }]);
+  }, 300_000);
+
+  it('refuses to start a lab on a partition that does not exist, or with the workspace off the shared folder, saying what to do', async () => {
+    const lab = (...args: string[]) => spawnSync(process.execPath, [CLI, 'lab', '--workspace', workspace, '--backend', 'slurm', ...args], { encoding: 'utf8', env: serverEnv(), timeout: 120_000 });
+    const partition = lab('--slurm-partition', 'no-such-partition');
+    expect(partition.status).not.toBe(0);
+    expect(partition.stderr).toMatch(/Slurm partition "no-such-partition" does not exist; `sinfo -s` lists the partitions, pass one with --slurm-partition/);
+    const elsewhere = await mkdtemp(join(tmpdir(), 'ar-slurm-elsewhere-'));
+    const shared = lab('--slurm-shared-dir', elsewhere);
+    expect(shared.status).not.toBe(0);
+    expect(shared.stderr).toMatch(/the run folders \(.*\) and the data folder \(.*\), which are not on the shared folder .*: create the workspace/);
+  }, 300_000);
 });
