@@ -192,15 +192,24 @@ sys.exit(4)
 
 // ---- the runner on a real loopback cluster (test/slurm-local.sh) ------------------------------
 
-/** Starts the loopback cluster unless one answers (CI: test/run-suite.sh installs nothing; .ci/run installs the packages). */
+const CLUSTER_SCRIPT = join(ROOT, 'test', 'slurm-local.sh');
+/** Whether this file started the loopback cluster (and so stops it when done). */
+let startedCluster = false;
+
+/** Starts the loopback cluster unless one answers: tests that need a cluster start one rather than skip. */
 function ensureCluster(): void {
-  const answers = () => spawnSync('sinfo', ['-h', '-o', '%t'], { encoding: 'utf8' });
-  const first = answers();
-  if (first.status === 0 && /idle|mix|alloc/.test(first.stdout)) return;
-  const script = join(ROOT, 'test', 'slurm-local.sh');
-  const started = spawnSync('bash', [script, 'start'], { encoding: 'utf8', env: { ...process.env, SLURM_CI_GPUS: '2', SLURM_CI_KILLWAIT: '2' } });
-  if (started.status !== 0) throw new Error(`could not start the loopback Slurm cluster (${script} start, as root, with slurmctld slurmd slurm-client munge installed):\n${started.stdout}\n${started.stderr}`);
+  const answer = spawnSync('sinfo', ['-h', '-o', '%t'], { encoding: 'utf8' });
+  if (answer.status === 0 && /idle|mix|alloc/.test(answer.stdout)) return;
+  const started = spawnSync('bash', [CLUSTER_SCRIPT, 'start'], { encoding: 'utf8', env: { ...process.env, SLURM_CI_GPUS: '2', SLURM_CI_KILLWAIT: '2' } });
+  if (started.status !== 0) {
+    throw new Error(`could not start the loopback Slurm cluster (${CLUSTER_SCRIPT} start; as root, with Debian's slurmctld slurmd slurm-client munge installed, as .ci/run does):\n${started.stdout}\n${started.stderr}`);
+  }
+  startedCluster = true;
 }
+
+afterAll(() => {
+  if (startedCluster) spawnSync('bash', [CLUSTER_SCRIPT, 'stop'], { stdio: 'inherit' });
+});
 
 /** The Slurm job id the run log names for a phase, once the job runs. */
 function jobIdIn(dir: string, name: 'supervise' | 'evaluate'): string | undefined {
