@@ -298,11 +298,11 @@ export function parseEvaluatorResult(text: string): { result: EvaluatorResult } 
 
 /**
  * The trainer's last line of output in a log tail (the exception or SystemExit message that ended
- * it), skipping the supervisor's and the evaluator's own lines; at most 300 characters.
+ * it), skipping the supervisor's, the evaluator's and the Slurm job script's own lines; at most 300 characters.
  */
 export function lastTrainerLine(logTail: string): string | undefined {
   const lines = logTail.split('\n').map((l) => l.trim());
-  const last = lines.reverse().find((l) => l && !l.startsWith('supervise:') && !l.startsWith('[evaluate]'));
+  const last = lines.reverse().find((l) => l && !l.startsWith('supervise:') && !l.startsWith('[evaluate]') && !l.startsWith('slurm:'));
   if (!last) return undefined;
   return last.length > 300 ? `${last.slice(0, 299)}…` : last;
 }
