@@ -11,6 +11,7 @@ import { expandHome, PACKAGE_ROOT } from './core/paths.js';
 import { findPython } from './core/python.js';
 import { writeReport } from './core/report.js';
 import type { Slot } from './core/runner.js';
+import { SLURM_CUDA_VISIBLE_DEVICES } from './core/slurm.js';
 
 /** Settings that can come from the environment (an MCP host config's "env") instead of flags. */
 export const ENV_FLAGS = {
@@ -207,8 +208,11 @@ async function openLab(flags: Flags, mode: 'serve' | 'inspect', log?: (message: 
   const slurm = slurmOptions(flags);
   return Lab.open({
     workspace: requireWorkspace(flags),
-    // With Slurm a slot is a job the lab keeps submitted; the cluster picks the node and the GPU.
-    slots: slurm ? Array.from({ length: positiveInt(flags.slots, 'slots') ?? 1 }, (_, index) => ({ index })) : resolveSlots(flags),
+    // With Slurm a slot is a job the lab keeps submitted; the cluster picks the node and the GPU
+    // (a GPU slot's devices are the placeholder its job script fills in: src/core/slurm.ts).
+    slots: slurm
+      ? Array.from({ length: positiveInt(flags.slots, 'slots') ?? 1 }, (_, index) => (slurm.gpusPerJob > 0 ? { index, cudaDevices: SLURM_CUDA_VISIBLE_DEVICES } : { index }))
+      : resolveSlots(flags),
     slurm,
     ceilingSeconds: positiveInt(flags['ceiling-seconds'], 'ceiling-seconds'),
     unsandboxed: flags.unsandboxed ?? false,

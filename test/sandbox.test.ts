@@ -11,6 +11,7 @@ import {
   findBwrap,
   hostFacts,
   isWithin,
+  jobCudaBinds,
   NO_SANDBOX_MESSAGE,
   outsideSystemDirs,
   probePythonLayout,
@@ -152,6 +153,24 @@ describe('trainer sandbox argv', () => {
     expect(cudaNodes(MERGED_USR, '0,1')).toEqual(['/dev/nvidia0', '/dev/nvidia1', '/dev/nvidiactl', '/dev/nvidia-uvm']);
     expect(cudaNodes(MERGED_USR, '3')).toEqual(['/dev/nvidiactl', '/dev/nvidia-uvm']);
     expect(() => cudaNodes(MERGED_USR, '0;rm')).toThrow(/device indices/);
+  });
+
+  it('binds every CUDA node a Slurm GPU job may see with --dev-bind-try, whatever this host has, and passes the device list as given', () => {
+    const placeholder = '@SLURM_CUDA_VISIBLE_DEVICES@';
+    const expected = ['/dev/nvidiactl', '/dev/nvidia-uvm', '/dev/nvidia-uvm-tools', ...Array.from({ length: 64 }, (_, i) => `/dev/nvidia${i}`)];
+    const noGpuHost: HostFacts = { ...MERGED_USR, devices: [] };
+    for (const argv of [
+      trainer({ cudaDevices: placeholder, jobGpus: true, env: { CUDA_VISIBLE_DEVICES: placeholder } }, noGpuHost),
+      trainer({ cudaDevices: placeholder, jobGpus: true, env: { CUDA_VISIBLE_DEVICES: placeholder } }),
+      evaluator({ cudaDevices: placeholder, jobGpus: true, env: { CUDA_VISIBLE_DEVICES: placeholder } }),
+    ]) {
+      const devices = mounts(argv).filter((m) => m.flag.startsWith('--dev-bind'));
+      expect(devices.every((m) => m.flag === '--dev-bind-try' && m.src === m.dest)).toBe(true);
+      expect(devices.map((m) => m.src)).toEqual(expected);
+      const at = argv.indexOf('CUDA_VISIBLE_DEVICES');
+      expect([argv[at - 1], argv[at + 1]]).toEqual(['--setenv', placeholder]);
+    }
+    expect(jobCudaBinds()).toHaveLength(3 * expected.length);
   });
 
   it('binds a python prefix outside the system folders read-only, and refuses one that would expose the workspace', () => {

@@ -1,6 +1,6 @@
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -16,6 +16,7 @@ import {
   sbatchRefusal,
   sharedFolderProblem,
   shellQuote,
+  SLURM_CUDA_VISIBLE_DEVICES,
   slurmProblem,
   timeLimitMinutes,
   writableProblem,
@@ -23,7 +24,7 @@ import {
   type SlurmOptions,
 } from '../src/core/slurm.js';
 import { CLI, closeServer, connect, expectSucceeded, makeWorkspace, ok, queryState, ROOT, serverEnv, waitFinished, waitUntil, type Connected } from './helpers.js';
-import { makeRunner, peekNextId, runTrain, setup, trainPy, type Setup } from './runner-fixtures.js';
+import { makeRunner, peekNextId, runTrain, seen, setup, trainPy, type Setup } from './runner-fixtures.js';
 
 // ---- the pure half -------------------------------------------------------------------------------
 
@@ -185,8 +186,76 @@ sys.exit(4)
 
   it('refuses what cannot be passed to a job', () => {
     expect(() => jobScript(phase('/r', 'x', { env: { 'A-B': '1' } }))).toThrow(/cannot be passed/);
+    expect(() => jobScript(phase('/r', 'x', { env: { CUDA_VISIBLE_DEVICES: SLURM_CUDA_VISIBLE_DEVICES } }))).toThrow(/requests no GPU/);
     expect(() => shellQuote('a\0b')).toThrow(/NUL/);
     expect(shellQuote("it's")).toBe(`'it'\\''s'`);
+  });
+});
+
+describe('the job script of a GPU job, run by bash with the GPUs Slurm would give it', () => {
+  const roots: string[] = [];
+  afterAll(async () => {
+    await Promise.all(roots.map((root) => rm(root, { recursive: true, force: true })));
+  });
+
+  /** A GPU job whose phase reports its environment, argv and the spec file it was given (after --spec). */
+  async function gpuJob(): Promise<{ root: string; job: JobPhase; spec: string; ran: string }> {
+    const root = await mkdtemp(join(tmpdir(), 'ar-slurm-gpu-'));
+    roots.push(root);
+    const spec = join(root, 'spec.json');
+    const ran = join(root, 'ran');
+    await writeFile(spec, JSON.stringify({ trainer_argv: ['bwrap', '--setenv', 'CUDA_VISIBLE_DEVICES', SLURM_CUDA_VISIBLE_DEVICES], trainer_env: { CUDA_VISIBLE_DEVICES: SLURM_CUDA_VISIBLE_DEVICES } }));
+    const script = `
+import json, os, sys
+open(${JSON.stringify(ran)}, "w").close()
+os.write(3, json.dumps({"env": os.environ.get("CUDA_VISIBLE_DEVICES"), "argv": sys.argv[1:], "spec": json.load(open(sys.argv[2]))}).encode())
+`;
+    const job = phase(root, 'supervise', {
+      argv: ['/usr/bin/python3', '-c', script, '--spec', spec, `--devices=${SLURM_CUDA_VISIBLE_DEVICES}`],
+      env: { CUDA_VISIBLE_DEVICES: SLURM_CUDA_VISIBLE_DEVICES },
+      resultFd: 3,
+      gpus: true,
+    });
+    await mkdir(job.files.dir, { recursive: true });
+    await writeFile(job.files.script, jobScript(job));
+    return { root, job, spec, ran };
+  }
+
+  it.each(['1', '0,1', 'GPU-5e2c1f3a-8b7d-4c6e-9f01-23456789abcd', 'MIG-9a8b7c6d-1111-2222-3333-444455556666'])(
+    'puts CUDA_VISIBLE_DEVICES=%s where the server wrote the placeholder: environment, argv and the spec file',
+    async (devices) => {
+      const { job, spec } = await gpuJob();
+      const ran = spawnSync('/bin/bash', [job.files.script], { env: { SLURM_JOB_ID: '8', SLURMD_NODENAME: 'g1', CUDA_VISIBLE_DEVICES: devices }, encoding: 'utf8' });
+      expect(ran.status).toBe(0);
+      const seen = JSON.parse(await readFile(job.files.result, 'utf8'));
+      expect(seen.env).toBe(devices);
+      expect(seen.argv).toEqual(['--spec', spec, `--devices=${devices}`]);
+      expect(seen.spec).toEqual({ trainer_argv: ['bwrap', '--setenv', 'CUDA_VISIBLE_DEVICES', devices], trainer_env: { CUDA_VISIBLE_DEVICES: devices } });
+      expect(await readFile(spec, 'utf8')).not.toContain(SLURM_CUDA_VISIBLE_DEVICES);
+      expect(await readFile(job.log, 'utf8')).toBe(`slurm: supervise job 8 on g1 CUDA_VISIBLE_DEVICES=${devices}\n`);
+      expect(existsSync(job.files.error)).toBe(false);
+    },
+  );
+
+  it.each([
+    ['unset', undefined],
+    ['empty', ''],
+    ['a shell word', '0;touch x'],
+    ['a space', '0 1'],
+    ['a slash', 'a/b'],
+  ])('fails without starting the phase when CUDA_VISIBLE_DEVICES is %s, saying why in the log', async (_what, devices) => {
+    const { job, spec, ran } = await gpuJob();
+    const env: Record<string, string> = { SLURM_JOB_ID: '9', SLURMD_NODENAME: 'g1' };
+    if (devices !== undefined) env.CUDA_VISIBLE_DEVICES = devices;
+    const result = spawnSync('/bin/bash', [job.files.script], { env, encoding: 'utf8', cwd: job.cwd });
+    expect(result.status).toBe(1);
+    expect(existsSync(ran)).toBe(false);
+    expect(await readFile(spec, 'utf8')).toContain(SLURM_CUDA_VISIBLE_DEVICES);
+    expect(await readFile(job.files.exit, 'utf8')).toBe('1\n');
+    const why = /the job requested GPUs but Slurm gave it none it can name \(CUDA_VISIBLE_DEVICES='.*'\): check that the partition has gres gpu/;
+    expect(await readFile(job.log, 'utf8')).toMatch(new RegExp(`^slurm: ${why.source}`, 'm'));
+    expect(await readFile(job.files.error, 'utf8')).toMatch(why);
+    expect(existsSync(join(job.cwd, 'x'))).toBe(false);
   });
 });
 
@@ -226,6 +295,23 @@ function ourActiveJobs(): string[] {
 
 const SLURM: SlurmOptions = { gpusPerJob: 0, pollMs: 200 };
 
+/** Fake /dev/nvidiaN nodes (char 1,3 like /dev/null) made by the GPU test when absent, removed after. */
+const fakeNodes: string[] = [];
+
+function makeFakeGpuNodes(count: number): void {
+  for (let index = 0; index < count; index += 1) {
+    const node = `/dev/nvidia${index}`;
+    if (existsSync(node)) continue;
+    if (spawnSync('mknod', ['-m', '0666', node, 'c', '1', '3']).status === 0) fakeNodes.push(node);
+  }
+}
+
+function removeFakeGpuNodes(): void {
+  for (const node of fakeNodes.splice(0)) rmSync(node, { force: true });
+}
+
+afterAll(removeFakeGpuNodes);
+
 describe('ProcessRunner with the Slurm backend, on a loopback cluster', () => {
   let s: Setup;
   beforeAll(async () => {
@@ -263,7 +349,39 @@ while len(list(pathlib.Path(${JSON.stringify(meet)}).iterdir())) < 2:
     const runs = await Promise.all([runTrain(s, runner, trainPy(s, { val_bpb: 1.1 }, { beforeBatch: wait })), runTrain(s, runner, trainPy(s, { val_bpb: 1.2 }, { beforeBatch: wait }))]);
     const devices = runs.map((run) => /^slurm: supervise job \d+ on \S+ CUDA_VISIBLE_DEVICES=(\S*)$/m.exec(run.log)?.[1]);
     expect(runs.map((r) => r.outcome.status)).toEqual(['succeeded', 'succeeded']);
+    // each trainer got its job's GPU (the job script wrote it into the spec in place of the placeholder)
+    expect(runs.map((run) => seen(run.log).env.CUDA_VISIBLE_DEVICES)).toEqual(devices);
     expect(devices.sort()).toEqual(['0', '1']);
+    await rm(meet, { recursive: true, force: true });
+  }, 180_000);
+
+  it("gives a GPU job's sandboxes the GPUs Slurm gave the job: its CUDA_VISIBLE_DEVICES and the /dev/nvidia* nodes the job sees", async () => {
+    // This host has no GPU: /dev/nvidia0 and 1 as /dev/null's device, for this test only, where absent.
+    makeFakeGpuNodes(2);
+    try {
+      const look = 'import glob\nprint("DEVICES " + json.dumps(sorted(glob.glob("/dev/nvidia*"))), flush=True)';
+      const runner = makeRunner(s, 'bwrap', { slurm: { ...SLURM, gpusPerJob: 1 } });
+      const { outcome, log, dir } = await runTrain(s, runner, trainPy(s, { val_bpb: 1.4 }, { beforeBatch: look }));
+      expect(outcome.error).toBeUndefined();
+      expect(outcome).toMatchObject({ status: 'succeeded', valBpb: 1.4, sandboxed: true });
+      const given = /^slurm: supervise job \d+ on \S+ CUDA_VISIBLE_DEVICES=(\S*)$/m.exec(log)?.[1];
+      expect(given).toMatch(/^[01]$/);
+      // the trainer, inside its sandbox, saw the job's GPU, not the placeholder
+      expect(seen(log).env.CUDA_VISIBLE_DEVICES).toBe(given);
+      expect(log).not.toContain(SLURM_CUDA_VISIBLE_DEVICES);
+      // and the same CUDA nodes the job sees here (ConstrainDevices would limit which of them open)
+      const hostNodes = readdirSync('/dev')
+        .map((name) => `/dev/${name}`)
+        .filter((node) => /^\/dev\/(nvidia\d+|nvidiactl|nvidia-uvm|nvidia-uvm-tools)$/.test(node))
+        .sort();
+      expect(hostNodes).toEqual(expect.arrayContaining(['/dev/nvidia0', '/dev/nvidia1']));
+      expect(JSON.parse(log.split('\n').find((l) => l.startsWith('DEVICES '))!.slice(8))).toEqual(hostNodes);
+      expect(readFileSync(join(dir, 'spec.json'), 'utf8')).not.toContain(SLURM_CUDA_VISIBLE_DEVICES);
+      // the evaluator's job got a GPU too (evaluate.py --device cuda)
+      expect(log).toMatch(/^slurm: evaluate job \d+ on \S+ CUDA_VISIBLE_DEVICES=[01]$/m);
+    } finally {
+      removeFakeGpuNodes();
+    }
   }, 180_000);
 
   it('cancels a running job with scancel', async () => {

@@ -7,7 +7,7 @@ import { dirname, join } from 'node:path';
 import { sha256, sha256File } from './hashing.js';
 import { PACKAGE_ROOT } from './paths.js';
 import { cleanRunFolder, runFolder, writeRunFolder, writeSpec, type RunFolder, type SupervisorSpec } from './run-folder.js';
-import { jobFiles, SlurmJob, timeLimitMinutes, type SlurmOptions } from './slurm.js';
+import { jobFiles, SLURM_CUDA_VISIBLE_DEVICES, SlurmJob, timeLimitMinutes, type SlurmOptions } from './slurm.js';
 import {
   EVAL_DATA,
   EVAL_IN,
@@ -840,8 +840,22 @@ export class ProcessRunner extends EventEmitter {
       if (process.env.LD_LIBRARY_PATH) env.LD_LIBRARY_PATH = process.env.LD_LIBRARY_PATH;
     }
     // An empty CUDA_VISIBLE_DEVICES would hide every GPU; on CPU slots leave the variable out.
-    if (slot.cudaDevices !== undefined) env.CUDA_VISIBLE_DEVICES = slot.cudaDevices;
+    const cudaDevices = this.cudaDevicesOf(slot);
+    if (cudaDevices !== undefined) env.CUDA_VISIBLE_DEVICES = cudaDevices;
     return env;
+  }
+
+  /** Whether the GPUs are a Slurm job's, chosen by Slurm in the job (jobs that request GPUs). */
+  private get jobGpus(): boolean {
+    return (this.options.slurm?.gpusPerJob ?? 0) > 0;
+  }
+
+  /**
+   * The CUDA_VISIBLE_DEVICES value a run's sandboxes get: the slot's GPUs, or for a Slurm job
+   * that requests GPUs the placeholder its job script replaces with the GPUs Slurm gave the job.
+   */
+  private cudaDevicesOf(slot: Slot): string | undefined {
+    return this.jobGpus ? SLURM_CUDA_VISIBLE_DEVICES : slot.cudaDevices;
   }
 
   /** With `prestart` (the launcher's host path), the trainer is a pre-started one: it gets its seed with `go`, not in its environment. */
@@ -853,7 +867,8 @@ export class ProcessRunner extends EventEmitter {
       ? trainerArgv(facts, {
           codeDir: folder.code,
           dataDir: this.options.dataDir,
-          cudaDevices: slot.cudaDevices,
+          cudaDevices: this.cudaDevicesOf(slot),
+          jobGpus: this.jobGpus,
           scratchBytes: budget.scratchBytes,
           python,
           env,
@@ -882,8 +897,9 @@ export class ProcessRunner extends EventEmitter {
   private evaluatorCommand(folder: RunFolder, slot: Slot, evalSeed: number, facts: HostFacts, python: PythonLayout): { command: string; args: string[]; env: Record<string, string> } {
     const env = this.tunedEnv();
     env.AUTORESEARCH_RESULT_FD = '3';
-    const device = ['--device', slot.cudaDevices !== undefined ? 'cuda' : 'cpu'];
-    if (slot.cudaDevices !== undefined) env.CUDA_VISIBLE_DEVICES = slot.cudaDevices;
+    const cudaDevices = this.cudaDevicesOf(slot);
+    const device = ['--device', cudaDevices !== undefined ? 'cuda' : 'cpu'];
+    if (cudaDevices !== undefined) env.CUDA_VISIBLE_DEVICES = cudaDevices;
     if (this.sandboxed) {
       env.PATH = `${dirname(python.executable)}:/usr/local/bin:/usr/bin:/bin`;
       env.HOME = '/tmp';
@@ -892,7 +908,8 @@ export class ProcessRunner extends EventEmitter {
         handoverDir: folder.handover,
         dataDir: this.options.dataDir,
         harnessDir: this.options.harnessDir,
-        cudaDevices: slot.cudaDevices,
+        cudaDevices,
+        jobGpus: this.jobGpus,
         python,
         env,
         args,
@@ -994,7 +1011,7 @@ export class ProcessRunner extends EventEmitter {
     const id = folder.root.split('/').filter(Boolean).at(-1) ?? 'run';
     const job = new SlurmJob(
       slurm,
-      { phase: how.name, argv, cwd: how.cwd, env: how.env, resultFd: how.resultFd, stdin: how.stdin ?? false, log: folder.log, files: jobFiles(folder.root, how.name) },
+      { phase: how.name, argv, cwd: how.cwd, env: how.env, resultFd: how.resultFd, stdin: how.stdin ?? false, log: folder.log, files: jobFiles(folder.root, how.name), gpus: slurm.gpusPerJob > 0 },
       `autoresearch-${id}-${how.name}`,
       slurm.timeLimitMinutes ?? timeLimitMinutes(this.options.ceilingSeconds),
     );

@@ -32,6 +32,8 @@ export const SYSTEM_DIRS = ['/usr', '/bin', '/sbin', '/lib', '/lib64', '/lib32',
 export const MASKED_FILES = ['/etc/shadow', '/etc/gshadow', '/etc/shadow-', '/etc/gshadow-'] as const;
 /** CUDA device nodes shared by all GPUs; the per-GPU node /dev/nvidia<N> is added per slot. */
 export const CUDA_SHARED_NODES = ['/dev/nvidiactl', '/dev/nvidia-uvm', '/dev/nvidia-uvm-tools'] as const;
+/** Per-GPU nodes a host may have: /dev/nvidia0 ... /dev/nvidia63 (hostFacts looks for the same). */
+export const CUDA_GPU_NODES = Array.from({ length: 64 }, (_, index) => `/dev/nvidia${index}`);
 
 export interface HostFacts {
   /** Absolute path of the bwrap binary. */
@@ -58,6 +60,8 @@ export interface TrainerLayout {
   dataDir: string;
   /** The slot's CUDA devices (CUDA_VISIBLE_DEVICES value, e.g. "0"), undefined on CPU. */
   cudaDevices?: string;
+  /** The GPUs are a Slurm job's, chosen in the job: see jobCudaBinds. `cudaDevices` is then not read. */
+  jobGpus?: boolean;
   /** Size limit of the scratch tmpfs (and of the private /tmp). */
   scratchBytes: number;
   python: PythonLayout;
@@ -82,6 +86,7 @@ export interface EvaluatorLayout {
   /** Host folder holding the pinned evaluate.py and batches.py. */
   harnessDir: string;
   cudaDevices?: string;
+  jobGpus?: boolean;
   python: PythonLayout;
   env: Record<string, string>;
   /** Arguments after `python /eval/evaluate.py`. */
@@ -100,7 +105,7 @@ export function isWithin(inner: string, outer: string): boolean {
 }
 
 /** The options shared by both sandboxes: namespaces, system folders, python, /proc, /dev, /tmp, GPU nodes. */
-function baseArgs(facts: HostFacts, python: PythonLayout, cudaDevices: string | undefined, tmpBytes: number, forbidden: string[]): string[] {
+function baseArgs(facts: HostFacts, python: PythonLayout, gpus: { cudaDevices?: string; jobGpus?: boolean }, tmpBytes: number, forbidden: string[]): string[] {
   const args = ['--unshare-all', '--die-with-parent', '--new-session', '--cap-drop', 'ALL', '--clearenv'];
   // The private /tmp comes first: binds made after it (a Python whose venv lives under /tmp) stay visible.
   args.push('--proc', '/proc', '--dev', '/dev', '--size', String(tmpBytes), '--tmpfs', '/tmp');
@@ -126,8 +131,20 @@ function baseArgs(facts: HostFacts, python: PythonLayout, cudaDevices: string | 
     }
   }
   for (const file of facts.maskedFiles) args.push('--ro-bind', '/dev/null', file);
-  for (const node of cudaNodes(facts, cudaDevices)) args.push('--dev-bind', node, node);
+  if (gpus.jobGpus) args.push(...jobCudaBinds());
+  else for (const node of cudaNodes(facts, gpus.cudaDevices)) args.push('--dev-bind', node, node);
   return args;
+}
+
+/**
+ * The CUDA nodes of a Slurm GPU job's sandbox: `--dev-bind-try` of every node a GPU node may have
+ * (the shared ones and /dev/nvidia0-63), whichever exist where the job runs. This server (a login
+ * node) may have no GPU, and cannot know the job's: the node's device cgroup (Slurm's
+ * ConstrainDevices) is what limits which of them the job, and so its sandbox, may open; the
+ * sandbox sees exactly what the job sees.
+ */
+export function jobCudaBinds(): string[] {
+  return [...CUDA_SHARED_NODES, ...CUDA_GPU_NODES].flatMap((node) => ['--dev-bind-try', node, node]);
 }
 
 /** Device nodes for the slot's GPUs only (none on a CPU slot). */
@@ -156,7 +173,7 @@ function envArgs(env: Record<string, string>): string[] {
  * place (besides its private /tmp), no network, its own pid namespace, only its slot's GPU.
  */
 export function trainerArgv(facts: HostFacts, layout: TrainerLayout): string[] {
-  const args = [facts.bwrap, ...baseArgs(facts, layout.python, layout.cudaDevices, layout.scratchBytes, layout.forbidden ?? [])];
+  const args = [facts.bwrap, ...baseArgs(facts, layout.python, layout, layout.scratchBytes, layout.forbidden ?? [])];
   args.push('--ro-bind', layout.codeDir, TRAINER_CODE);
   if (layout.prestart) args.push('--ro-bind', layout.prestart, TRAINER_PRESTART);
   for (const name of TRAINER_DATA_FILES) args.push('--ro-bind', join(layout.dataDir, name), `${TRAINER_DATA}/${name}`);
@@ -173,7 +190,7 @@ export function trainerArgv(facts: HostFacts, layout: TrainerLayout): string[] {
  * validation data read-only, has no scratch and no network; its result goes to fd 3 (inherited).
  */
 export function evaluatorArgv(facts: HostFacts, layout: EvaluatorLayout): string[] {
-  const args = [facts.bwrap, ...baseArgs(facts, layout.python, layout.cudaDevices, layout.tmpBytes ?? DEFAULT_TMP_BYTES, layout.forbidden ?? [])];
+  const args = [facts.bwrap, ...baseArgs(facts, layout.python, layout, layout.tmpBytes ?? DEFAULT_TMP_BYTES, layout.forbidden ?? [])];
   for (const name of EVAL_HARNESS_FILES) args.push('--ro-bind', join(layout.harnessDir, name), `${EVAL_ROOT}/${name}`);
   args.push('--ro-bind', layout.handoverDir, EVAL_IN);
   for (const name of EVAL_DATA_FILES) args.push('--ro-bind', join(layout.dataDir, name), `${EVAL_DATA}/${name}`);
@@ -212,7 +229,7 @@ export function hostFacts(bwrap: string): HostFacts {
   const maskedFiles = MASKED_FILES.filter((file) => existsSync(file));
   const devices: string[] = [];
   for (const node of CUDA_SHARED_NODES) if (existsSync(node)) devices.push(node);
-  for (let index = 0; index < 64; index += 1) if (existsSync(`/dev/nvidia${index}`)) devices.push(`/dev/nvidia${index}`);
+  for (const node of CUDA_GPU_NODES) if (existsSync(node)) devices.push(node);
   return { bwrap, systemDirs, maskedFiles, devices };
 }
 

@@ -18,6 +18,7 @@ import { constants as osConstants } from 'node:os';
  *   <R>/slurm/<phase>.exit    the phase's exit status, written by the job script when it ends:
  *                             its absence after the job has left the queue means the job was lost
  *   <R>/slurm/<phase>.out     Slurm's own output file (the job script's errors, Slurm's messages)
+ *   <R>/slurm/<phase>.error   why the job script did not start the phase (no GPU, no run folder)
  * The phase's stdout/stderr other than the result go to the run log, as locally.
  */
 
@@ -47,13 +48,24 @@ export interface JobFiles {
   result: string;
   exit: string;
   out: string;
+  error: string;
 }
 
 export function jobFiles(runRoot: string, phase: string): JobFiles {
   const dir = join(runRoot, 'slurm');
   const at = (ext: string) => join(dir, `${phase}.${ext}`);
-  return { dir, script: at('sh'), stdin: at('stdin'), result: at('result'), exit: at('exit'), out: at('out') };
+  return { dir, script: at('sh'), stdin: at('stdin'), result: at('result'), exit: at('exit'), out: at('out'), error: at('error') };
 }
+
+/**
+ * Where the server writes a GPU job's device list (CUDA_VISIBLE_DEVICES in the trainer's and the
+ * evaluator's environment, in argv words and the run's spec): the GPUs are Slurm's choice, known
+ * only in the job, so the job script puts CUDA_VISIBLE_DEVICES as Slurm set it in their place.
+ */
+export const SLURM_CUDA_VISIBLE_DEVICES = '@SLURM_CUDA_VISIBLE_DEVICES@';
+
+/** The values Slurm may give CUDA_VISIBLE_DEVICES that the job script passes on: indices, GPU UUIDs, MIG ids. */
+export const CUDA_DEVICES_PATTERN = '^[A-Za-z0-9,_-]+$';
 
 /** What one phase runs, as the local runner would spawn it. */
 export interface JobPhase {
@@ -69,6 +81,12 @@ export interface JobPhase {
   stdin: boolean;
   log: string;
   files: JobFiles;
+  /**
+   * The job requested GPUs: the script refuses to start the phase without CUDA_VISIBLE_DEVICES
+   * from Slurm, and puts its value where the server wrote SLURM_CUDA_VISIBLE_DEVICES (argv words,
+   * environment values, and the spec file named after `--spec` in argv).
+   */
+  gpus?: boolean;
 }
 
 /**
@@ -103,29 +121,52 @@ const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 /**
  * The batch script of one phase. It records where it runs in the run log (job id, node, the
- * GPUs Slurm gave it, which the phase's environment does not inherit: the server built that
- * environment complete, as for a local run), runs the phase with exactly its environment, and
- * writes the exit status last through a rename, so a half-written status is never read. Nothing
- * in it comes from the agent: every word is the server's, quoted.
+ * GPUs Slurm gave it), runs the phase with exactly its environment, and writes the exit status
+ * last through a rename, so a half-written status is never read. Nothing in it comes from the
+ * agent: every word is the server's, quoted.
+ *
+ * With `gpus`, CUDA_VISIBLE_DEVICES as Slurm set it must be a non-empty list of [A-Za-z0-9,_-]
+ * (indices, GPU UUIDs, MIG ids); it replaces SLURM_CUDA_VISIBLE_DEVICES in every word, and in the
+ * spec file before the phase starts. A job without one fails: the reason in the run log and the
+ * .error file, a nonzero exit.
  */
 export function jobScript(job: JobPhase): string {
   for (const name of Object.keys(job.env)) if (!ENV_NAME.test(name)) throw new Error(`environment variable name ${JSON.stringify(name)} cannot be passed to a job`);
   const q = shellQuote;
-  const env = Object.entries(job.env).map(([k, v]) => q(`${k}=${v}`));
+  const words = [...Object.entries(job.env).map(([k, v]) => `${k}=${v}`), ...job.argv];
+  if (!job.gpus && words.some((w) => w.includes(SLURM_CUDA_VISIBLE_DEVICES))) throw new Error(`${SLURM_CUDA_VISIBLE_DEVICES} in a job that requests no GPU`);
+  // A word holding the placeholder: its quoted parts around "$gpus", set (and checked) at run time.
+  const word = (w: string) => w.split(SLURM_CUDA_VISIBLE_DEVICES).map(q).join('"$gpus"');
   const stdin = job.stdin ? q(job.files.stdin) : '/dev/null';
   const redirects = job.resultFd === 1 ? `>${q(job.files.result)} 2>>${q(job.log)}` : `>>${q(job.log)} 2>&1 3>${q(job.files.result)}`;
-  return [
+  const exit = job.files.exit;
+  const lines = [
     '#!/bin/bash',
     `# autoresearch-mcp: the ${job.phase} phase of a run, as a Slurm job (src/core/slurm.ts)`,
     'PATH=/usr/local/bin:/usr/bin:/bin',
     `echo "slurm: ${job.phase} job \${SLURM_JOB_ID:-?} on \${SLURMD_NODENAME:-?} CUDA_VISIBLE_DEVICES=\${CUDA_VISIBLE_DEVICES-}" >>${q(job.log)}`,
-    `cd ${q(job.cwd)} || { echo "slurm: cannot enter ${job.cwd.replaceAll('"', '')} on this node" >>${q(job.log)}; echo 127 >${q(`${job.files.exit}.tmp`)}; mv -f ${q(`${job.files.exit}.tmp`)} ${q(job.files.exit)}; exit 127; }`,
-    `env -i ${[...env, ...job.argv.map(q)].join(' ')} <${stdin} ${redirects}`,
+    // The phase never started: why, in the log, the .error file and Slurm's output; then the exit.
+    `fail() { echo "slurm: $1" >>${q(job.log)}; echo "slurm: $1" >&2; echo "$1" >${q(`${job.files.error}.tmp`)} && mv -f ${q(`${job.files.error}.tmp`)} ${q(job.files.error)}; echo "$2" >${q(`${exit}.tmp`)} && mv -f ${q(`${exit}.tmp`)} ${q(exit)}; exit "$2"; }`,
+    `cd ${q(job.cwd)} || fail ${q(`cannot enter ${job.cwd} on this node`)} 127`,
+  ];
+  if (job.gpus) {
+    const spec = job.argv.indexOf('--spec') >= 0 ? job.argv[job.argv.indexOf('--spec') + 1] : undefined;
+    lines.push(
+      'gpus=${CUDA_VISIBLE_DEVICES-}',
+      `[[ $gpus =~ ${CUDA_DEVICES_PATTERN} ]] || fail "the job requested GPUs but Slurm gave it none it can name (CUDA_VISIBLE_DEVICES='$gpus'): check that the partition has gres gpu and that Slurm sets CUDA_VISIBLE_DEVICES for it" 1`,
+    );
+    if (spec !== undefined) {
+      lines.push(`sed -i "s/${SLURM_CUDA_VISIBLE_DEVICES}/$gpus/g" ${q(spec)} || fail ${q(`could not write the job's GPUs into ${spec}`)} 1`);
+    }
+  }
+  lines.push(
+    `env -i ${words.map(word).join(' ')} <${stdin} ${redirects}`,
     'code=$?',
-    `echo "$code" >${q(`${job.files.exit}.tmp`)} && mv -f ${q(`${job.files.exit}.tmp`)} ${q(job.files.exit)}`,
+    `echo "$code" >${q(`${exit}.tmp`)} && mv -f ${q(`${exit}.tmp`)} ${q(exit)}`,
     'exit "$code"',
     '',
-  ].join('\n');
+  );
+  return lines.join('\n');
 }
 
 /** sbatch's arguments for a phase's job (the script path last). */
@@ -317,7 +358,7 @@ export class SlurmJob {
     const files = this.job.files;
     try {
       await mkdir(files.dir, { recursive: true });
-      await Promise.all([files.result, files.exit, `${files.exit}.tmp`, files.stdin].map((p) => rm(p, { force: true })));
+      await Promise.all([files.result, files.exit, `${files.exit}.tmp`, files.stdin, files.error].map((p) => rm(p, { force: true })));
       if (this.job.stdin) await writeFile(files.stdin, stdinLine === undefined ? '' : `${stdinLine}\n`);
       await writeFile(files.script, jobScript(this.job), { mode: 0o755 });
     } catch (error) {
@@ -365,6 +406,11 @@ export class SlurmJob {
     const output = existsSync(files.result) ? readFileSync(files.result, 'utf8').slice(0, 1 << 20) : '';
     const recorded = existsSync(files.exit) ? parseExitFile(readFileSync(files.exit, 'utf8')) : undefined;
     const state = verdict.state === 'UNKNOWN' ? undefined : verdict.state;
+    // The script did not start the phase (no GPU, no run folder on the node): its reason.
+    const refused = existsSync(files.error) ? readFileSync(files.error, 'utf8').trim().slice(0, 2000) : '';
+    if (refused && !this.cancelled) {
+      return { exitCode: recorded?.exitCode ?? null, signal: recorded?.signal ?? null, output, jobId: id, state, failure: `ran as Slurm job ${id}, whose script did not start it: ${refused}`, failureStatus: 'crashed', cause: refused };
+    }
     // A script that recorded its exit ran the phase to its end, whatever state the job then got.
     if (recorded && verdict.state !== 'TIMEOUT') return { ...recorded, output, jobId: id, state };
     const cause = this.cancelled ? 'the server cancelled it' : verdict.cause;
