@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # A one-node Slurm cluster on loopback for test/slurm.test.ts, from Debian 12's packages
 # (slurmctld slurmd slurm-client munge; .ci/run installs them). Run as root. No systemd, no
-# cgroups, no accounting (sacct answers "accounting storage is disabled": the backend then follows
-# jobs with squeue and the files its job script writes). GPUs are fake: gres backed by /dev/null,
-# enough for Slurm to hand each job its own CUDA_VISIBLE_DEVICES.
+# accounting (sacct answers "accounting storage is disabled": the backend then follows jobs with
+# squeue and the files its job script writes). Processes are tracked by cgroup (proctrack/cgroup,
+# as real clusters do) where the host mounts the cgroup v1 freezer, else by parent links
+# (linuxproc); no device constraint. GPUs are fake: gres backed by /dev/null, enough for Slurm to
+# hand each job its own CUDA_VISIBLE_DEVICES.
 #   start  write the configuration, start munged (unless one answers), slurmctld and slurmd, and
 #          wait until the node is idle
 #   stop   cancel every job, stop what start started (by pid), remove the configuration and state
 # Variables: SLURM_CI_BASE (state, default /tmp/autoresearch-slurm), SLURM_CI_GPUS (fake GPUs,
-# default 2), SLURM_CI_KILLWAIT (seconds from SIGTERM to SIGKILL on cancel, default 2).
+# default 2), SLURM_CI_KILLWAIT (seconds from SIGTERM to SIGKILL on cancel, default 2),
+# SLURM_CI_PROCTRACK (cgroup or linuxproc; default as above).
 set -euo pipefail
 
 base=${SLURM_CI_BASE:-/tmp/autoresearch-slurm}
@@ -22,9 +25,11 @@ running() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 start() {
   [ "$(id -u)" = 0 ] || { echo "slurm-local.sh: run as root (the daemons need it)" >&2; exit 1; }
   command -v slurmctld >/dev/null || { echo "slurm-local.sh: install slurmctld slurmd slurm-client munge first" >&2; exit 1; }
-  if [ -e "$conf/slurm.conf" ] && ! grep -qxF "$mark" "$conf/slurm.conf"; then
-    echo "slurm-local.sh: $conf/slurm.conf is someone else's; not overwriting it" >&2; exit 1
-  fi
+  for file in slurm.conf cgroup.conf; do
+    if [ -e "$conf/$file" ] && ! grep -qxF "$mark" "$conf/$file"; then
+      echo "slurm-local.sh: $conf/$file is someone else's; not overwriting it" >&2; exit 1
+    fi
+  done
   mkdir -p "$base"/{state,spool,log,run,dev} "$conf"
   # munge: a running one is kept (and not stopped later); else ours, with a key made once.
   if ! (munge -n | unmunge) >/dev/null 2>&1; then
@@ -46,13 +51,24 @@ start() {
       echo "NodeName=$node Name=gpu File=$base/dev/fakegpu$i" >> "$conf/gres.conf"
     done
   fi
+  # proctrack/cgroup: a job's processes are its cgroup's, so none outlives the job (linuxproc
+  # follows parent links and loses a process whose parent died). Without systemd, Debian 12's
+  # Slurm (22.05) manages cgroup v1 itself; v2 would need a delegated subtree, so linuxproc there.
+  local proctrack=${SLURM_CI_PROCTRACK:-}
+  if [ -z "$proctrack" ]; then
+    if [ "$(stat -fc %T /sys/fs/cgroup/freezer 2>/dev/null)" = cgroupfs ]; then proctrack=cgroup; else proctrack=linuxproc; fi
+  fi
+  rm -f "$conf/cgroup.conf"
+  if [ "$proctrack" = cgroup ]; then
+    printf '%s\nCgroupPlugin=cgroup/v1\nCgroupMountpoint=/sys/fs/cgroup\n' "$mark" > "$conf/cgroup.conf"
+  fi
   cat > "$conf/slurm.conf" <<EOF
 $mark
 ClusterName=autoresearch
 SlurmctldHost=localhost
 SlurmUser=root
 AuthType=auth/munge
-ProctrackType=proctrack/linuxproc
+ProctrackType=proctrack/$proctrack
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
@@ -97,7 +113,7 @@ stop() {
     for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
   done
-  grep -qsxF "$mark" "$conf/slurm.conf" && rm -f "$conf/slurm.conf" "$conf/gres.conf"
+  grep -qsxF "$mark" "$conf/slurm.conf" && rm -f "$conf/slurm.conf" "$conf/gres.conf" "$conf/cgroup.conf"
   rm -rf "$base"
 }
 

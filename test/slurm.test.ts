@@ -1,4 +1,4 @@
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -23,7 +23,7 @@ import {
   type JobPhase,
   type SlurmOptions,
 } from '../src/core/slurm.js';
-import { CLI, closeServer, connect, expectSucceeded, makeWorkspace, ok, queryState, ROOT, serverEnv, waitFinished, waitUntil, type Connected } from './helpers.js';
+import { CLI, closeServer, connect, expectSucceeded, makeWorkspace, ok, pidAlive, queryState, ROOT, serverEnv, waitFinished, waitUntil, type Connected } from './helpers.js';
 import { makeRunner, peekNextId, runTrain, seen, setup, trainPy, type Setup } from './runner-fixtures.js';
 
 // ---- the pure half -------------------------------------------------------------------------------
@@ -257,6 +257,31 @@ os.write(3, json.dumps({"env": os.environ.get("CUDA_VISIBLE_DEVICES"), "argv": s
     expect(await readFile(job.files.error, 'utf8')).toMatch(why);
     expect(existsSync(join(job.cwd, 'x'))).toBe(false);
   });
+
+  it("kills the phase's process group and records no exit when the job is signalled (scancel)", async () => {
+    const root = await mkdtemp(join(tmpdir(), 'ar-slurm-term-'));
+    roots.push(root);
+    const pids = join(root, 'pids');
+    // The phase and a child of it that stays in its process group, both sleeping.
+    const script = `
+import os, subprocess, time
+child = subprocess.Popen(["sleep", "300"])
+open(${JSON.stringify(pids)} + ".tmp", "w").write(f"{os.getpid()} {child.pid}")
+os.rename(${JSON.stringify(pids)} + ".tmp", ${JSON.stringify(pids)})
+time.sleep(300)
+`;
+    const job = phase(root, 'supervise', { argv: ['/usr/bin/python3', '-c', script] });
+    await mkdir(job.files.dir, { recursive: true });
+    await writeFile(job.files.script, jobScript(job));
+    const bash = spawn('/bin/bash', [job.files.script], { detached: true, stdio: 'ignore' });
+    const closed = new Promise<number | null>((resolve) => bash.on('close', (code) => resolve(code)));
+    await waitUntil(() => existsSync(pids), 30, 'the phase to start');
+    const [phasePid, childPid] = readFileSync(pids, 'utf8').split(' ').map(Number);
+    bash.kill('SIGTERM');
+    expect(await closed).toBe(143);
+    await waitUntil(() => !pidAlive(phasePid) && !pidAlive(childPid), 15, 'the phase and its child to end');
+    expect(existsSync(job.files.exit)).toBe(false);
+  }, 60_000);
 });
 
 // ---- the runner on a real loopback cluster (test/slurm-local.sh) ------------------------------
@@ -294,6 +319,36 @@ function ourActiveJobs(): string[] {
 }
 
 const SLURM: SlurmOptions = { gpusPerJob: 0, pollMs: 200 };
+
+/** Processes whose command line names the run folder (a trailing slash: run 5 is not run 50). */
+function processesOf(dir: string): string[] {
+  const found: string[] = [];
+  for (const pid of readdirSync('/proc').filter((name) => /^\d+$/.test(name))) {
+    let cmdline: string;
+    try {
+      cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ');
+    } catch {
+      continue;   // ended meanwhile
+    }
+    if (cmdline.includes(`${dir}/`) || cmdline.trimEnd().endsWith(dir)) found.push(`${pid}: ${cmdline.slice(0, 200)}`);
+  }
+  return found;
+}
+
+/** Waits (up to 15 s) until no process of the run is left: none may outlive its job. */
+async function expectNoProcessesOf(dir: string): Promise<void> {
+  await waitUntil(() => processesOf(dir).length === 0, 15, `no process of ${dir} to be left`).catch((error: Error) => {
+    throw new Error(`${error.message}: ${processesOf(dir).join('\n')}`);
+  });
+}
+
+/**
+ * A train.py that starts a process of its own in a new session, naming the run folder in its
+ * command line (processesOf finds it), then sleeps: a trainer and a child that left its group.
+ */
+function sleepingTrainer(s: Setup, dir: string): string {
+  return trainPy(s, {}, { beforeBatch: `import subprocess\nsubprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", ${JSON.stringify(dir)}], start_new_session=True)\ntime.sleep(600)` });
+}
 
 /** Fake /dev/nvidiaN nodes (char 1,3 like /dev/null) made by the GPU test when absent, removed after. */
 const fakeNodes: string[] = [];
@@ -387,13 +442,14 @@ while len(list(pathlib.Path(${JSON.stringify(meet)}).iterdir())) < 2:
   it('cancels a running job with scancel', async () => {
     const runner = makeRunner(s, 'bwrap', { slurm: SLURM });
     const id = peekNextId();
-    const pending = runTrain(s, runner, trainPy(s, {}, { beforeBatch: 'time.sleep(600)' }));
     const dir = join(s.runs, String(id));
-    await waitUntil(() => jobIdIn(dir, 'supervise') !== undefined, 60, 'the supervise job to start');
+    const pending = runTrain(s, runner, sleepingTrainer(s, dir));
+    await waitUntil(() => jobIdIn(dir, 'supervise') !== undefined && processesOf(dir).some((p) => p.includes('time.sleep(600)')), 60, 'the supervise job to start its trainer');
     expect(runner.stop(id, 'cancelled')).toBe(true);
     const { outcome } = await pending;
     expect(outcome.status).toBe('cancelled');
     expect(ourActiveJobs()).toEqual([]);
+    await expectNoProcessesOf(dir);
   }, 120_000);
 
   it('stops a hung run at the server\'s ceiling and cancels its job', async () => {
@@ -421,15 +477,16 @@ while len(list(pathlib.Path(${JSON.stringify(meet)}).iterdir())) < 2:
   it('records a job lost to a node failure as crashed with the cause', async () => {
     const runner = makeRunner(s, 'bwrap', { slurm: SLURM });
     const id = peekNextId();
-    const pending = runTrain(s, runner, trainPy(s, {}, { beforeBatch: 'time.sleep(600)' }));
     const dir = join(s.runs, String(id));
-    await waitUntil(() => jobIdIn(dir, 'supervise') !== undefined, 60, 'the supervise job to start');
+    const pending = runTrain(s, runner, sleepingTrainer(s, dir));
+    await waitUntil(() => jobIdIn(dir, 'supervise') !== undefined && processesOf(dir).some((p) => p.includes('time.sleep(600)')), 60, 'the supervise job to start its trainer');
     const node = execFileSync('squeue', ['-h', '-j', jobIdIn(dir, 'supervise')!, '-o', '%N'], { encoding: 'utf8' }).trim();
     execFileSync('scontrol', ['update', `nodename=${node}`, 'state=down', 'reason=autoresearch-test']);
     try {
       const { outcome } = await pending;
       expect(outcome.status).toBe('crashed');
       expect(outcome.error).toMatch(/ran as Slurm job \d+, which ended NODE_FAIL: the node running the job failed/);
+      await expectNoProcessesOf(dir);
     } finally {
       // ReturnToService=2 may have brought it back already; "resume" then says the state is invalid.
       spawnSync('scontrol', ['update', `nodename=${node}`, 'state=resume']);

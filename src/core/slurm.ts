@@ -125,6 +125,13 @@ const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
  * last through a rename, so a half-written status is never read. Nothing in it comes from the
  * agent: every word is the server's, quoted.
  *
+ * The phase runs as its own process group (bash job control, `set -m`, which also leaves its
+ * SIGINT alone), and a TERM, INT or HUP to the script (scancel, the job's end) or the script's own
+ * exit kills that group: a cluster whose
+ * process tracking follows only the script's process group or parent links loses none of the
+ * run's processes. (The sandboxed trainer is its own session under supervise.py; bwrap's
+ * --die-with-parent and the supervisor's parent-death signal end it with the supervisor.)
+ *
  * With `gpus`, CUDA_VISIBLE_DEVICES as Slurm set it must be a non-empty list of [A-Za-z0-9,_-]
  * (indices, GPU UUIDs, MIG ids); it replaces SLURM_CUDA_VISIBLE_DEVICES in every word, and in the
  * spec file before the phase starts. A job without one fails: the reason in the run log and the
@@ -160,7 +167,12 @@ export function jobScript(job: JobPhase): string {
     }
   }
   lines.push(
-    `env -i ${words.map(word).join(' ')} <${stdin} ${redirects}`,
+    'set -m',
+    `trap 'kill -KILL -- -"$phase" 2>/dev/null; exit 143' TERM INT HUP`,
+    `trap '[ -n "\${phase-}" ] && kill -KILL -- -"$phase" 2>/dev/null' EXIT`,
+    `env -i ${words.map(word).join(' ')} <${stdin} ${redirects} &`,
+    'phase=$!',
+    'wait "$phase"',
     'code=$?',
     `echo "$code" >${q(`${exit}.tmp`)} && mv -f ${q(`${exit}.tmp`)} ${q(exit)}`,
     'exit "$code"',
