@@ -385,6 +385,7 @@ describe('ProcessRunner with the Slurm backend, on a loopback cluster', () => {
     expect(supervise).toBeDefined();
     expect(evaluate).toBeDefined();
     expect(Number(evaluate)).toBeGreaterThan(Number(supervise));
+    expect(outcome.slurmJobs).toEqual({ supervise, evaluate });
     // the trainer ran in its sandbox inside the job: it saw no validation data
     expect(log).toMatch(/evaluator seed=\d+ val=True train=False weights=the-weights/);
     expect(JSON.parse(log.split('\n').find((l) => l.startsWith('SEEN '))!.slice(5))).toMatchObject({ cwd: '/sandbox/scratch', val: false });
@@ -537,7 +538,12 @@ describe('the server with --backend slurm, on a loopback cluster (smoke profile,
     const [row] = queryState(workspace, 'SELECT status, val_bpb, sandboxed, log_path FROM experiments WHERE id = ?', run.experiment.id);
     expect(row).toMatchObject({ status: 'succeeded', sandboxed: 1 });
     expect(row.val_bpb).toBeGreaterThan(0);
-    expect(readFileSync(row.log_path, 'utf8')).toMatch(/^slurm: supervise job \d+ on /m);
+    const log = readFileSync(row.log_path, 'utf8');
+    expect(log).toMatch(/^slurm: supervise job \d+ on /m);
+    // the run's audit event names both jobs, as the run log does
+    const jobs = { supervise: /^slurm: supervise job (\d+) /m.exec(log)?.[1], evaluate: /^slurm: evaluate job (\d+) /m.exec(log)?.[1] };
+    const events = queryState(workspace, "SELECT method, message, result FROM audit_log WHERE kind = 'event' AND experiment_id = ?", run.experiment.id);
+    expect(events).toEqual([{ method: 'run_finished', message: `succeeded as Slurm jobs supervise ${jobs.supervise}, evaluate ${jobs.evaluate}`, result: JSON.stringify({ slurm_jobs: jobs }) }]);
   }, 300_000);
 
   it('records a job lost by the cluster as crashed with the cause, in the row and the audit log', async () => {
@@ -549,8 +555,8 @@ describe('the server with --backend slurm, on a loopback cluster (smoke profile,
     const done = await waitFinished(server.client, id);
     expect(done.status).toBe('crashed');
     expect(done.error).toMatch(/ran as Slurm job \d+, which ended CANCELLED: the job was cancelled outside this server/);
-    const events = queryState(workspace, "SELECT method, message FROM audit_log WHERE kind = 'event' AND experiment_id = ?", id);
-    expect(events).toEqual([{ method: 'run_crashed', message: done.error }]);
+    const events = queryState(workspace, "SELECT method, message, result FROM audit_log WHERE kind = 'event' AND experiment_id = ?", id);
+    expect(events).toEqual([{ method: 'run_crashed', message: done.error, result: JSON.stringify({ slurm_jobs: { supervise: jobIdIn(dir, 'supervise') } }) }]);
   }, 300_000);
 
   it('refuses to start a lab on a partition that does not exist, or with the workspace off the shared folder, saying what to do', async () => {

@@ -111,6 +111,8 @@ export interface RunOutcome {
   hashes?: Record<string, string>;
   supervisor?: SupervisorReport;
   evaluation?: EvaluatorResult;
+  /** With the Slurm backend: the job id of each phase that was submitted (supervise, evaluate). */
+  slurmJobs?: Record<string, string>;
 }
 
 export interface RunRequest {
@@ -356,6 +358,8 @@ interface ActiveRun {
   /** Why it was stopped when not by this server (Slurm's own time limit). */
   stopCause?: string;
   progress?: RunProgress;
+  /** Slurm job ids by phase, as sbatch gave them. */
+  slurmJobs?: Record<string, string>;
 }
 
 interface PhaseOptions {
@@ -488,7 +492,8 @@ export class ProcessRunner extends EventEmitter {
       const stopTail = this.followProgress(request.experimentId, folder.log, active);
       const ceiling = setTimeout(() => this.stop(request.experimentId, 'timed_out'), this.options.ceilingSeconds * 1000);
       try {
-        return await this.phases(request, folder, active, facts, python, onStart, base, standby);
+        const outcome = await this.phases(request, folder, active, facts, python, onStart, base, standby);
+        return active.slurmJobs ? { ...outcome, slurmJobs: { ...active.slurmJobs } } : outcome;
       } finally {
         clearTimeout(ceiling);
         stopTail();
@@ -1027,6 +1032,7 @@ export class ProcessRunner extends EventEmitter {
     else if (!how.stdin) submit();
     const exit = job.ended.then((end): Exit => {
       active.children.delete(kill);
+      if (end.jobId) active.slurmJobs = { ...active.slurmJobs, [how.name]: end.jobId };
       if (end.failureStatus === 'timed_out' && !active.stopReason) {
         active.stopReason = 'timed_out';
         active.stopCause = `killed by the cluster: Slurm job ${end.jobId} ended ${end.state ?? 'TIMEOUT'} (${end.cause ?? "Slurm's time limit"})`;
