@@ -559,6 +559,33 @@ describe('the server with --backend slurm, on a loopback cluster (smoke profile,
     expect(events).toEqual([{ method: 'run_crashed', message: done.error, result: JSON.stringify({ slurm_jobs: { supervise: jobIdIn(dir, 'supervise') } }) }]);
   }, 300_000);
 
+  it('cancels the jobs a killed server left running when the next server starts, and records why', async () => {
+    const current = await ok(server.client, 'read_train_py');
+    const anchor = /^SOFTCAP = .*$/m.exec(current.text)?.[0] as string;
+    await ok(server.client, 'apply_patch', { edits: [{ search: anchor, replace: `${anchor}\nimport time\ntime.sleep(600)` }] });
+    const run = await ok(server.client, 'run_experiment', { description: 'left running by a killed server' });
+    const id = run.experiment.id as number;
+    const dir = join(workspace, '.autoresearch', 'runs', String(id));
+    await waitUntil(() => jobIdIn(dir, 'supervise') !== undefined && existsSync(join(dir, 'slurm', 'supervise.jobid')), 120, 'the supervise job to start');
+    const job = jobIdIn(dir, 'supervise')!;
+    expect(readFileSync(join(dir, 'slurm', 'supervise.jobid'), 'utf8')).toBe(`${job}\n`);
+    // The server dies without a word (its job goes on); the next one finds the run in the record.
+    const pid = server.transport.pid as number;
+    process.kill(pid, 'SIGKILL');
+    await waitUntil(() => !pidAlive(pid), 30, 'the killed server to be gone');
+    await server.client.close().catch(() => undefined);
+    expect(ourActiveJobs().some((line) => line.startsWith(`${job}|`))).toBe(true);
+    server = await connect(workspace, ['--backend', 'slurm', '--ceiling-seconds', '120'], 'slurm-e2e');
+    const [row] = (await ok(server.client, 'get_results', { experiment_id: id })).experiments;
+    expect(row.status).toBe('crashed');
+    expect(row.error).toBe(`the server restarted; Slurm job ${job} cancelled`);
+    await waitUntil(() => !ourActiveJobs().some((line) => line.startsWith(`${job}|`)), 30, `job ${job} to leave the queue`);
+    expect(execFileSync('squeue', ['-h', '-t', 'all', '-j', job, '-o', '%T'], { encoding: 'utf8' }).trim()).toMatch(/^CANCELLED$|^$/);
+    await expectNoProcessesOf(dir);
+    const events = queryState(workspace, "SELECT message FROM audit_log WHERE kind = 'event' AND method = 'reconcile' AND experiment_id = ?", id);
+    expect(events).toEqual([{ message: expect.stringContaining(`marked crashed (the server restarted; Slurm job ${job} cancelled)`) }]);
+  }, 300_000);
+
   it('refuses to start a lab on a partition that does not exist, or with the workspace off the shared folder, saying what to do', async () => {
     const lab = (...args: string[]) => spawnSync(process.execPath, [CLI, 'lab', '--workspace', workspace, '--backend', 'slurm', ...args], { encoding: 'utf8', env: serverEnv(), timeout: 120_000 });
     const partition = lab('--slurm-partition', 'no-such-partition');

@@ -17,7 +17,7 @@ import { cpuThreadsPerRun, ProcessRunner, readLogTail, type Budget, type BudgetC
 import { recordedPythonProblem } from './python.js';
 import { sandboxProblem } from './sandbox.js';
 import { deviceFault, drainedMessage, SlotHealth } from './slot-health.js';
-import { sharedFolderProblem, slurmProblem, writableProblem, type SlurmOptions } from './slurm.js';
+import { cancelRecordedJobs, restartCause, sharedFolderProblem, slurmProblem, writableProblem, type SlurmOptions } from './slurm.js';
 import { isFinishedStatus, Store, type Experiment, type NoiseMeasurement } from './store.js';
 import { BASELINE_BRANCH, SESSION_BRANCH_PREFIX, TRAIN_FILE, Workspace, validateSessionTag } from './workspace.js';
 import { resultsTsv } from './report.js';
@@ -179,7 +179,7 @@ export class Lab extends EventEmitter {
     if (serving && options.unsandboxed) log('running WITHOUT a sandbox (--unsandboxed): results are stored as unverified (sandboxed = 0)');
     const lab = new Lab(workspace, store, meta, runner, slots, ceilingSeconds, log, serving);
     if (serving) {
-      await lab.reconcile();
+      await lab.reconcile(options.slurm !== undefined);
       // Pre-started trainers of a server that was killed died with it; their folders go too.
       rmSync(standbyDir(dir), { recursive: true, force: true });
       for (const slot of slots) runner.prestart(slot);
@@ -191,21 +191,30 @@ export class Lab extends EventEmitter {
   /**
    * Repairs what a dead server left behind, before anything new happens: half-done branch moves
    * are completed or abandoned from where the ref actually is; rows still being prepared get
-   * their commit if it was written, else are closed; runs left running are marked crashed;
-   * queued ones run now.
+   * their commit if it was written, else are closed; runs left running are marked crashed (with
+   * Slurm, after their jobs are cancelled: nobody would watch them); queued ones run now.
    */
-  private async reconcile(): Promise<void> {
+  private async reconcile(slurm: boolean): Promise<void> {
     await this.repairMoves();
     await this.repairPreparing();
-    const { interrupted, queued } = this.store.reconcileOnStart(Date.now());
+    const causes = new Map<number, string>();
+    if (slurm) {
+      for (const experiment of this.store.listExperiments({ status: 'running', order: 'id', ascending: true })) {
+        const found = await cancelRecordedJobs(runDir(this.workspace.dir, experiment.id));
+        if (found) causes.set(experiment.id, restartCause(found));
+      }
+    }
+    const { interrupted, queued } = this.store.reconcileOnStart(Date.now(), causes);
     for (const experiment of interrupted) {
+      const cause = causes.get(experiment.id);
       this.store.audit.append({
         transport: 'cli',
         kind: 'event',
         method: 'reconcile',
         experimentId: experiment.id,
-        message: `experiment ${experiment.id} was running when the server stopped; marked crashed, log kept at ${experiment.logPath}`,
+        message: `experiment ${experiment.id} was running when the server stopped; marked crashed${cause ? ` (${cause})` : ''}, log kept at ${experiment.logPath}`,
       });
+      if (cause) this.log(`experiment ${experiment.id}: ${cause}`);
     }
     await this.workspace.pruneWorktrees();
     for (const noise of this.store.listNoise().filter((n) => n.state === 'measuring')) this.settleNoise(noise.id);

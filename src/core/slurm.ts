@@ -18,6 +18,8 @@ import { constants as osConstants } from 'node:os';
  *   <R>/slurm/<phase>.exit    the phase's exit status, written by the job script when it ends:
  *                             its absence after the job has left the queue means the job was lost
  *   <R>/slurm/<phase>.out     Slurm's own output file (the job script's errors, Slurm's messages)
+ *   <R>/slurm/<phase>.jobid   the job id, written by the server once sbatch has answered: a server
+ *                             that restarts cancels the jobs its predecessor left (cancelRecordedJobs)
  *   <R>/slurm/<phase>.error   why the job script did not start the phase (no GPU, no run folder)
  * The phase's stdout/stderr other than the result go to the run log, as locally.
  */
@@ -48,13 +50,14 @@ export interface JobFiles {
   result: string;
   exit: string;
   out: string;
+  jobid: string;
   error: string;
 }
 
 export function jobFiles(runRoot: string, phase: string): JobFiles {
   const dir = join(runRoot, 'slurm');
   const at = (ext: string) => join(dir, `${phase}.${ext}`);
-  return { dir, script: at('sh'), stdin: at('stdin'), result: at('result'), exit: at('exit'), out: at('out'), error: at('error') };
+  return { dir, script: at('sh'), stdin: at('stdin'), result: at('result'), exit: at('exit'), out: at('out'), jobid: at('jobid'), error: at('error') };
 }
 
 /**
@@ -370,7 +373,7 @@ export class SlurmJob {
     const files = this.job.files;
     try {
       await mkdir(files.dir, { recursive: true });
-      await Promise.all([files.result, files.exit, `${files.exit}.tmp`, files.stdin, files.error].map((p) => rm(p, { force: true })));
+      await Promise.all([files.result, files.exit, `${files.exit}.tmp`, files.stdin, files.jobid, files.error].map((p) => rm(p, { force: true })));
       if (this.job.stdin) await writeFile(files.stdin, stdinLine === undefined ? '' : `${stdinLine}\n`);
       await writeFile(files.script, jobScript(this.job), { mode: 0o755 });
     } catch (error) {
@@ -383,6 +386,8 @@ export class SlurmJob {
       return this.finish({ exitCode: null, signal: null, output: '', failure: `could not be submitted to Slurm: ${why}` });
     }
     this.jobId = id;
+    // For a server that restarts after this one died: it cancels the jobs its run folders name.
+    await writeFile(files.jobid, `${id}\n`).catch(() => undefined);
     if (this.cancelled) void runCommand('scancel', [id]);   // cancelled while sbatch ran
     void this.follow(id);
   }
@@ -435,6 +440,42 @@ export class SlurmJob {
     this.done = true;
     this.settle(end);
   }
+}
+
+/** The phases whose job ids a run folder records (slurm/<phase>.jobid), in phase order. */
+export const JOB_PHASES = ['supervise', 'evaluate'] as const;
+
+/**
+ * For a server that starts after one that died: cancels the jobs a run folder names that the
+ * cluster still runs or queues (scancel), so that no run of the dead server goes on unwatched.
+ * Returns the ids cancelled and those that had ended already; undefined when the folder names
+ * no job (never submitted, or not a Slurm run).
+ */
+export async function cancelRecordedJobs(runRoot: string): Promise<{ cancelled: string[]; ended: string[] } | undefined> {
+  const ids = JOB_PHASES.map((phase) => jobFiles(runRoot, phase).jobid)
+    .filter((file) => existsSync(file))
+    .map((file) => readFileSync(file, 'utf8').trim())
+    .filter((id) => parseSbatch(id) === id);
+  if (ids.length === 0) return undefined;
+  const cancelled: string[] = [];
+  const ended: string[] = [];
+  for (const id of ids) {
+    if (jobVerdict(await jobState(id)).kind === 'active') {
+      await runCommand('scancel', [id]);
+      cancelled.push(id);
+    } else ended.push(id);
+  }
+  return { cancelled, ended };
+}
+
+/** The cause recorded for a run whose jobs a restarted server found (cancelRecordedJobs). */
+export function restartCause(found: { cancelled: string[]; ended: string[] }): string {
+  const list = (ids: string[]) => `Slurm job${ids.length > 1 ? 's' : ''} ${ids.join(', ')}`;
+  const parts = [
+    ...(found.cancelled.length > 0 ? [`${list(found.cancelled)} cancelled`] : []),
+    ...(found.ended.length > 0 ? [`${list(found.ended)} had ended unwatched`] : []),
+  ];
+  return `the server restarted; ${parts.join('; ')}`;
 }
 
 /** Whether sbatch and squeue answer here; undefined when they do, else what to do. */

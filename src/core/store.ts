@@ -1062,7 +1062,7 @@ export class Store {
    * processes were not watched to the end, so no result of theirs is trusted). Returns those and
    * the queued ones (FIFO) for the caller to run or cancel.
    */
-  reconcileOnStart(now: number = Date.now()): { interrupted: Experiment[]; queued: Experiment[] } {
+  reconcileOnStart(now: number = Date.now(), causes: Map<number, string> = new Map()): { interrupted: Experiment[]; queued: Experiment[] } {
     return this.db
       .transaction(() => {
         const running = this.listExperiments({ status: 'running', order: 'id', ascending: true });
@@ -1077,8 +1077,9 @@ export class Store {
             id: experiment.id,
             now,
             error:
+              causes.get(experiment.id) ??
               `server stopped while running (pid ${experiment.pid ?? 'unknown'}); ` +
-              'the run was not watched to the end, so its result is not trusted',
+                'the run was not watched to the end, so its result is not trusted',
           });
         }
         return {
