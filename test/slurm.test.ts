@@ -461,6 +461,25 @@ while len(list(pathlib.Path(${JSON.stringify(meet)}).iterdir())) < 2:
     expect(ourActiveJobs()).toEqual([]);
   }, 120_000);
 
+  it("does not count a job's wait in the queue against the run's ceiling", async () => {
+    // Every job is submitted held; each is released only after waiting longer than the whole ceiling.
+    const runner = makeRunner(s, 'bwrap', { slurm: { ...SLURM, extraArgs: ['--hold'] }, ceilingSeconds: 15 });
+    const id = peekNextId();
+    const dir = join(s.runs, String(id));
+    const pending = runTrain(s, runner, trainPy(s));
+    for (const phase of ['supervise', 'evaluate'] as const) {
+      const jobid = join(dir, 'slurm', `${phase}.jobid`);
+      await waitUntil(() => existsSync(jobid), 120, `the ${phase} job to be submitted`);
+      const job = readFileSync(jobid, 'utf8').trim();
+      await new Promise((resolve) => setTimeout(resolve, 20_000));
+      expect(execFileSync('squeue', ['-h', '-j', job, '-o', '%T'], { encoding: 'utf8' }).trim()).toBe('PENDING');
+      execFileSync('scontrol', ['release', job]);
+    }
+    const { outcome } = await pending;
+    expect(outcome.error).toBeUndefined();
+    expect(outcome.status).toBe('succeeded');
+  }, 240_000);
+
   it('records a job cancelled outside the server as crashed with the cause, and the next run goes on', async () => {
     const runner = makeRunner(s, 'bwrap', { slurm: SLURM });
     const id = peekNextId();

@@ -118,6 +118,8 @@ export class Lab extends EventEmitter {
     readonly ceilingSeconds: number,
     private readonly log: (message: string) => void,
     private readonly serving: boolean,
+    /** Whether a slot is a device that can be drained; with Slurm it is a share of the cluster, each job on whatever node Slurm picks. */
+    private readonly slotsAreDevices: boolean,
   ) {
     super();
     runner.on('progress', (id: number, progress: RunProgress) => this.emit('progress', id, progress));
@@ -177,7 +179,7 @@ export class Lab extends EventEmitter {
       }
     }
     if (serving && options.unsandboxed) log('running WITHOUT a sandbox (--unsandboxed): results are stored as unverified (sandboxed = 0)');
-    const lab = new Lab(workspace, store, meta, runner, slots, ceilingSeconds, log, serving);
+    const lab = new Lab(workspace, store, meta, runner, slots, ceilingSeconds, log, serving, !options.slurm);
     if (serving) {
       await lab.reconcile(options.slurm !== undefined);
       // Pre-started trainers of a server that was killed died with it; their folders go too.
@@ -973,7 +975,7 @@ export class Lab extends EventEmitter {
     const id = experiment.id;
     const failed = outcome.status !== 'succeeded' && outcome.status !== 'cancelled';
     const fault = failed ? deviceFault(`${outcome.error ?? ''}\n${experiment.logPath ? readLogTail(experiment.logPath, undefined, logStart) : ''}`) : undefined;
-    const drain = this.health.record(slot.index, { experimentId: id, status: outcome.status, fault, at: Date.now() });
+    const drain = this.slotsAreDevices ? this.health.record(slot.index, { experimentId: id, status: outcome.status, fault, at: Date.now() }) : undefined;
     if (fault === undefined) return false;
     const slotName = slot.cudaDevices !== undefined ? `slot ${slot.index} (GPU ${slot.cudaDevices})` : `slot ${slot.index}`;
     if (drain) {

@@ -360,6 +360,61 @@ interface ActiveRun {
   progress?: RunProgress;
   /** Slurm job ids by phase, as sbatch gave them. */
   slurmJobs?: Record<string, string>;
+  /** The run's wall-clock ceiling; it stands still while a Slurm job of the run waits in the queue. */
+  ceiling?: Ceiling;
+}
+
+/**
+ * A wall-clock ceiling that runs only while none of the run's phases is waiting in a Slurm queue:
+ * on a busy cluster a job may wait for hours before it starts, and that wait is not the run's doing.
+ * Slurm's own time limit, which counts from the job's start, stays the backstop. Local runs never wait.
+ */
+export class Ceiling {
+  private timer?: NodeJS.Timeout;
+  private remainingMs: number;
+  private armedAt = 0;
+  private readonly waiting = new Set<string>();
+  private done = false;
+
+  constructor(ms: number, private readonly expire: () => void) {
+    this.remainingMs = ms;
+    this.arm();
+  }
+
+  /** A phase's job entered (true) or left (false) the queue. */
+  waitingInQueue(phase: string, pending: boolean): void {
+    if (pending) this.waiting.add(phase);
+    else this.waiting.delete(phase);
+    if (this.waiting.size > 0) this.pause();
+    else this.arm();
+  }
+
+  /** Milliseconds left before the ceiling; not counting down while a job waits. */
+  remaining(): number {
+    return this.timer ? Math.max(0, this.remainingMs - (Date.now() - this.armedAt)) : this.remainingMs;
+  }
+
+  clear(): void {
+    this.done = true;
+    this.pause();
+  }
+
+  private arm(): void {
+    if (this.timer || this.done) return;
+    this.armedAt = Date.now();
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.remainingMs = 0;
+      this.expire();
+    }, this.remainingMs);
+  }
+
+  private pause(): void {
+    if (!this.timer) return;
+    this.remainingMs = this.remaining();
+    clearTimeout(this.timer);
+    this.timer = undefined;
+  }
 }
 
 interface PhaseOptions {
@@ -490,12 +545,12 @@ export class ProcessRunner extends EventEmitter {
       if (active.stopReason) return this.stopped(active, { ...base, status: 'cancelled', finishedAt: Date.now(), logTail: readLogTail(folder.log) });
 
       const stopTail = this.followProgress(request.experimentId, folder.log, active);
-      const ceiling = setTimeout(() => this.stop(request.experimentId, 'timed_out'), this.options.ceilingSeconds * 1000);
+      active.ceiling = new Ceiling(this.options.ceilingSeconds * 1000, () => this.stop(request.experimentId, 'timed_out'));
       try {
         const outcome = await this.phases(request, folder, active, facts, python, onStart, base, standby);
         return active.slurmJobs ? { ...outcome, slurmJobs: { ...active.slurmJobs } } : outcome;
       } finally {
-        clearTimeout(ceiling);
+        active.ceiling.clear();
         stopTail();
       }
     } finally {
@@ -1019,6 +1074,7 @@ export class ProcessRunner extends EventEmitter {
       { phase: how.name, argv, cwd: how.cwd, env: how.env, resultFd: how.resultFd, stdin: how.stdin ?? false, log: folder.log, files: jobFiles(folder.root, how.name), gpus: slurm.gpusPerJob > 0 },
       `autoresearch-${id}-${how.name}`,
       slurm.timeLimitMinutes ?? timeLimitMinutes(this.options.ceilingSeconds),
+      (pending) => active.ceiling?.waitingInQueue(how.name, pending),
     );
     let submitted = false;
     const submit = (line?: string) => {
