@@ -472,7 +472,9 @@ while len(list(pathlib.Path(${JSON.stringify(meet)}).iterdir())) < 2:
       await waitUntil(() => existsSync(jobid), 120, `the ${phase} job to be submitted`);
       const job = readFileSync(jobid, 'utf8').trim();
       await new Promise((resolve) => setTimeout(resolve, 20_000));
-      expect(execFileSync('squeue', ['-h', '-j', job, '-o', '%T'], { encoding: 'utf8' }).trim()).toBe('PENDING');
+      const state = spawnSync('squeue', ['-h', '-j', job, '-o', '%T|%r'], { encoding: 'utf8' });
+      const log = existsSync(join(dir, 'run.log')) ? readFileSync(join(dir, 'run.log'), 'utf8') : '(no run log)';
+      expect(state.stdout.trim(), `squeue for the ${phase} job ${job}: ${state.stdout}${state.stderr}\nrun log:\n${log}`).toBe('PENDING|JobHeldUser');
       execFileSync('scontrol', ['release', job]);
     }
     const { outcome } = await pending;

@@ -1074,12 +1074,14 @@ export class ProcessRunner extends EventEmitter {
       { phase: how.name, argv, cwd: how.cwd, env: how.env, resultFd: how.resultFd, stdin: how.stdin ?? false, log: folder.log, files: jobFiles(folder.root, how.name), gpus: slurm.gpusPerJob > 0 },
       `autoresearch-${id}-${how.name}`,
       slurm.timeLimitMinutes ?? timeLimitMinutes(this.options.ceilingSeconds),
-      (pending) => active.ceiling?.waitingInQueue(how.name, pending),
+      () => active.ceiling?.waitingInQueue(how.name, false),
     );
     let submitted = false;
     const submit = (line?: string) => {
       if (submitted) return;
       submitted = true;
+      // From submission until the job runs (sbatch, then the queue) the ceiling stands still.
+      active.ceiling?.waitingInQueue(how.name, true);
       void job.submit(line);
     };
     const kill = () => (submitted ? job.cancel() : job.abandon());

@@ -363,8 +363,8 @@ export class SlurmJob {
     private readonly job: JobPhase,
     private readonly name: string,
     private readonly minutes: number,
-    /** Told true once the job is in the queue and false when it leaves the PENDING state (runs, or ends). */
-    private readonly onPending: (pending: boolean) => void = () => undefined,
+    /** Called once, when the job leaves the PENDING state (it runs, or it ended while waiting). */
+    private readonly onLeftQueue: () => void = () => undefined,
   ) {
     this.ended = new Promise((resolve) => (this.settle = resolve));
   }
@@ -388,7 +388,6 @@ export class SlurmJob {
       return this.finish({ exitCode: null, signal: null, output: '', failure: `could not be submitted to Slurm: ${why}` });
     }
     this.jobId = id;
-    this.onPending(true);
     // For a server that restarts after this one died: it cancels the jobs its run folders name.
     await writeFile(files.jobid, `${id}\n`).catch(() => undefined);
     if (this.cancelled) void runCommand('scancel', [id]);   // cancelled while sbatch ran
@@ -416,7 +415,7 @@ export class SlurmJob {
       const verdict = jobVerdict(state);
       if (pending && verdict.state !== 'PENDING') {
         pending = false;
-        this.onPending(false);
+        this.onLeftQueue();
       }
       if (verdict.kind === 'ended') {
         this.finish(this.collect(id, verdict));
