@@ -477,9 +477,11 @@ while len(list(pathlib.Path(${JSON.stringify(meet)}).iterdir())) < 2:
       expect(state.stdout.trim(), `squeue for the ${phase} job ${job}: ${state.stdout}${state.stderr}\nrun log:\n${log}`).toBe('PENDING|JobHeldUser');
       execFileSync('scontrol', ['release', job]);
     }
-    const { outcome } = await pending;
+    const { outcome, log } = await pending;
     expect(outcome.error).toBeUndefined();
     expect(outcome.status).toBe('succeeded');
+    // The run log said why each job waited.
+    for (const phase of ['supervise', 'evaluate']) expect(log).toMatch(new RegExp(`^slurm: ${phase} job \\d+ waiting in the queue \\(JobHeldUser\\)$`, 'm'));
   }, 240_000);
 
   it('records a job cancelled outside the server as crashed with the cause, and the next run goes on', async () => {

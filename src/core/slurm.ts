@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { appendFile, mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { constants as osConstants } from 'node:os';
 
@@ -317,17 +317,17 @@ function runCommand(command: string, args: string[]): Promise<Ran> {
 }
 
 /** The state the cluster gives the job: squeue while it remembers the job (MinJobAge), else sacct where accounting is on; undefined when neither knows it. */
-async function jobState(id: string): Promise<string | undefined> {
+async function jobState(id: string): Promise<{ state: string; reason: string } | undefined> {
   const queued = await runCommand('squeue', ['-h', '-t', 'all', '-j', id, '-o', '%i|%T|%r']);
   const row = parseJobRows(queued.stdout).find((r) => r.id === id);
-  if (row) return row.state;
+  if (row) return row;
   if (queued.code !== 0 && !/invalid job id/i.test(queued.stderr)) {
     // The controller did not answer: not a verdict about the job. Say "active" and ask again.
-    return 'PENDING';
+    return { state: 'PENDING', reason: 'the Slurm controller does not answer' };
   }
   const accounted = await runCommand('sacct', ['-n', '-P', '-X', '-j', id, '-o', 'JobID,State,Reason']);
   if (accounted.code !== 0) return undefined;
-  return parseJobRows(accounted.stdout).find((r) => r.id === id)?.state;
+  return parseJobRows(accounted.stdout).find((r) => r.id === id);
 }
 
 export interface JobEnd {
@@ -410,9 +410,15 @@ export class SlurmJob {
   private async follow(id: string): Promise<void> {
     const pollMs = this.options.pollMs ?? 500;
     let pending = true;
+    let saidWhy = '';
     for (;;) {
-      const state = await jobState(id);
-      const verdict = jobVerdict(state);
+      const row = await jobState(id);
+      const verdict = jobVerdict(row?.state);
+      // While it waits, the run log says why (Resources, Priority, a held job ...), each change once.
+      if (pending && verdict.state === 'PENDING' && row && row.reason !== saidWhy) {
+        saidWhy = row.reason;
+        await appendFile(this.job.log, `slurm: ${this.job.phase} job ${id} waiting in the queue (${row.reason || 'no reason given'})\n`).catch(() => undefined);
+      }
       if (pending && verdict.state !== 'PENDING') {
         pending = false;
         this.onLeftQueue();
@@ -467,7 +473,7 @@ export async function cancelRecordedJobs(runRoot: string): Promise<{ cancelled: 
   const cancelled: string[] = [];
   const ended: string[] = [];
   for (const id of ids) {
-    if (jobVerdict(await jobState(id)).kind === 'active') {
+    if (jobVerdict((await jobState(id))?.state).kind === 'active') {
       await runCommand('scancel', [id]);
       cancelled.push(id);
     } else ended.push(id);
