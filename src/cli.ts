@@ -11,7 +11,7 @@ import { expandHome, PACKAGE_ROOT } from './core/paths.js';
 import { findPython } from './core/python.js';
 import { writeReport } from './core/report.js';
 import type { Slot } from './core/runner.js';
-import { SLURM_CUDA_VISIBLE_DEVICES } from './core/slurm.js';
+import { sbatchArgsProblem, SLURM_CUDA_VISIBLE_DEVICES } from './core/slurm.js';
 
 /** Settings that can come from the environment (an MCP host config's "env") instead of flags. */
 export const ENV_FLAGS = {
@@ -32,10 +32,11 @@ export const ENV_FLAGS = {
   'slurm-account': 'AUTORESEARCH_SLURM_ACCOUNT',
   'slurm-gpus': 'AUTORESEARCH_SLURM_GPUS',
   'slurm-shared-dir': 'AUTORESEARCH_SLURM_SHARED_DIR',
+  'slurm-sbatch-args': 'AUTORESEARCH_SLURM_SBATCH_ARGS',
 } as const;
 
 /** The flags that configure the Slurm backend: valid only with --backend slurm, passed on from serve to its lab. */
-const SLURM_FLAGS = ['slurm-partition', 'slurm-account', 'slurm-gpus', 'slurm-shared-dir'] as const;
+const SLURM_FLAGS = ['slurm-partition', 'slurm-account', 'slurm-gpus', 'slurm-shared-dir', 'slurm-sbatch-args'] as const;
 
 /** Switches that may come from the environment: 1, true, yes or on set them. */
 const BOOLEAN_ENV_FLAGS = ['no-daemon'] as const;
@@ -55,7 +56,7 @@ const ENV_HELP = [
   `  AUTORESEARCH_IDLE_HOURS       --idle-hours: a lab with nothing to do and no client stops after this (default ${DEFAULT_IDLE_HOURS}; 0: never)`,
   '  AUTORESEARCH_NO_DAEMON        --no-daemon when 1: serve in this process, runs end with the client',
   '  AUTORESEARCH_BACKEND          --backend: local (default) or slurm (docs/slurm.md)',
-  '  AUTORESEARCH_SLURM_PARTITION, _ACCOUNT, _GPUS, _SHARED_DIR   --slurm-partition, --slurm-account, --slurm-gpus, --slurm-shared-dir',
+  '  AUTORESEARCH_SLURM_PARTITION, _ACCOUNT, _GPUS, _SHARED_DIR, _SBATCH_ARGS   --slurm-partition, --slurm-account, --slurm-gpus, --slurm-shared-dir, --slurm-sbatch-args',
 ].join('\n');
 
 const VERSION: string = JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')).version;
@@ -66,7 +67,7 @@ Usage:
   autoresearch-mcp init DIR [--profile cpu|gpu|smoke] [--corpus SRC ...] [--data-dir DIR] [--python PATH]
   autoresearch-mcp serve --workspace DIR [--http [--host 127.0.0.1] [--port 8765 (0: any free port)] [--token T]]
                          [--gpus 0,1,...] [--slots N] [--ceiling-seconds S] [--idle-hours H] [--no-daemon] [--unsandboxed]
-                         [--backend local|slurm [--slurm-partition P] [--slurm-account A] [--slurm-gpus N] [--slurm-shared-dir DIR]]
+                         [--backend local|slurm [--slurm-partition P] [--slurm-account A] [--slurm-gpus N] [--slurm-shared-dir DIR] [--slurm-sbatch-args="--qos=Q --mem=64G ..."]]
   autoresearch-mcp stop --workspace DIR          end the workspace's lab (cancels running experiments)
   autoresearch-mcp lab --workspace DIR [--idle-hours H] [--gpus ...] [--slots N] [--unsandboxed]   run the lab in the foreground
   autoresearch-mcp demo [--dir DIR] [--profile cpu|gpu] [--unsandboxed]
@@ -110,6 +111,7 @@ const OPTIONS = {
   'slurm-account': { type: 'string' },
   'slurm-gpus': { type: 'string' },
   'slurm-shared-dir': { type: 'string' },
+  'slurm-sbatch-args': { type: 'string' },
   dir: { type: 'string' },
   plan: { type: 'string' },
   sweep: { type: 'string', multiple: true },
@@ -201,7 +203,17 @@ export function slurmOptions(flags: Flags): LabOptions['slurm'] {
     account: flags['slurm-account'] || undefined,
     gpusPerJob: positiveInt(flags['slurm-gpus'], 'slurm-gpus', 0) ?? 0,
     sharedDir: flags['slurm-shared-dir'] ? resolve(flags['slurm-shared-dir']) : undefined,
+    extraArgs: extraSbatchArgs(flags['slurm-sbatch-args']),
   };
+}
+
+/** --slurm-sbatch-args, split on whitespace and checked (slurm.ts sbatchArgsProblem). */
+function extraSbatchArgs(value: string | undefined): string[] | undefined {
+  const words = value?.trim().split(/\s+/).filter(Boolean) ?? [];
+  if (words.length === 0) return undefined;
+  const problem = sbatchArgsProblem(words);
+  if (problem) throw new UsageError(`--slurm-sbatch-args: ${problem}`);
+  return words;
 }
 
 async function openLab(flags: Flags, mode: 'serve' | 'inspect', log?: (message: string) => void): Promise<Lab> {
@@ -335,7 +347,7 @@ async function main(argv: string[]): Promise<number> {
       idleHours(flags, DEFAULT_IDLE_HOURS);
       if (!slurmOptions(flags) && (flags.gpus || flags.slots)) resolveSlots(flags);
       positiveInt(flags['ceiling-seconds'], 'ceiling-seconds');
-      const labArgs = (['gpus', 'slots', 'ceiling-seconds', 'idle-hours', 'backend', ...SLURM_FLAGS] as const).flatMap((flag) => (flags[flag] === undefined ? [] : [`--${flag}`, flags[flag] as string]));
+      const labArgs = (['gpus', 'slots', 'ceiling-seconds', 'idle-hours', 'backend', ...SLURM_FLAGS] as const).flatMap((flag) => (flags[flag] === undefined ? [] : [`--${flag}=${flags[flag] as string}`]));
       if (flags.unsandboxed) labArgs.push('--unsandboxed');
       const { attachStdio } = await import('./transports/attach.js');
       await attachStdio(workspace, labArgs);

@@ -13,6 +13,7 @@ import {
   parseJobRows,
   parseSbatch,
   sbatchArgs,
+  sbatchArgsProblem,
   sbatchRefusal,
   sharedFolderProblem,
   shellQuote,
@@ -56,6 +57,15 @@ describe('Slurm job parameters', () => {
     const full = sbatchArgs({ gpusPerJob: 1, partition: 'gpu', account: 'lab', extraArgs: ['--qos=short'] }, job, 'n', 90);
     expect(full.slice(-7)).toEqual(['--partition', 'gpu', '--account', 'lab', '--gres=gpu:1', '--qos=short', '/r/slurm/supervise.sh']);
     expect(full).toContain('0-01:30:00');
+  });
+
+  it("takes a site's extra sbatch options as long options, none that the server sets itself", () => {
+    expect(sbatchArgsProblem(['--qos=high', '--mem=64G', '--cpus-per-task=8', '--constraint=a100|h100', '--exclusive'])).toBeUndefined();
+    expect(sbatchArgsProblem(['-q', 'high'])).toMatch(/^"-q" is not a long sbatch option \(write --name or --name=value/);
+    expect(sbatchArgsProblem(['high'])).toMatch(/"high" is not a long sbatch option/);
+    for (const reserved of ['--time=5', '--output=/x', '--export=ALL', '--requeue', '--array=0-3', '--gres=gpu:2', '--gpus-per-node=2', '--wrap=ls', '--dependency=afterok:1', '--job-name=x']) {
+      expect(sbatchArgsProblem(['--qos=high', reserved])).toMatch(/is set by the server \(or would change what a run's job is\); leave it out$/);
+    }
   });
 
   it('reads the job id from sbatch --parsable, with or without a cluster name', () => {
@@ -618,5 +628,8 @@ describe('the server with --backend slurm, on a loopback cluster (smoke profile,
     const shared = lab('--slurm-shared-dir', elsewhere);
     expect(shared.status).not.toBe(0);
     expect(shared.stderr).toMatch(/the run folders \(.*\) and the data folder \(.*\), which are not on the shared folder .*: create the workspace/);
+    const reserved = lab('--slurm-sbatch-args=--qos=normal --time=5');
+    expect(reserved.status).not.toBe(0);
+    expect(reserved.stderr).toMatch(/--slurm-sbatch-args: --time is set by the server/);
   }, 300_000);
 });

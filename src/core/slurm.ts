@@ -33,7 +33,11 @@ export interface SlurmOptions {
   gpusPerJob: number;
   /** Extra sbatch arguments, passed as given (a site's QOS, constraints, reservation). */
   extraArgs?: string[];
-  /** How often squeue is asked about a job; default 500 ms. */
+  /**
+   * How often squeue is asked about a job; default 2 s (a cluster's controller serves everyone).
+   * The exit file a job's script writes last is looked for every FILE_POLL_MS besides, so a phase
+   * that ended is seen sooner than that.
+   */
   pollMs?: number;
   /**
    * The job's time limit in minutes; default from the run's wall-clock ceiling (timeLimitMinutes).
@@ -184,6 +188,30 @@ export function jobScript(job: JobPhase): string {
   return lines.join('\n');
 }
 
+/**
+ * sbatch options the server sets itself or that would change what a job is (its name, files,
+ * time limit, one task on one node, no environment, never requeued, where it runs from, an array
+ * or a dependency): `--slurm-sbatch-args` may not name them.
+ */
+const RESERVED_SBATCH_OPTIONS = new Set([
+  'parsable', 'job-name', 'output', 'error', 'input', 'time', 'nodes', 'ntasks', 'export', 'export-file', 'no-requeue', 'requeue',
+  'partition', 'account', 'gres', 'gpus', 'gpus-per-node', 'gpus-per-task', 'gpus-per-socket', 'array', 'wrap', 'chdir', 'dependency', 'hold', 'wait', 'test-only', 'uid', 'gid',
+]);
+
+/**
+ * Whether extra sbatch options (a site's QOS, constraint, memory, CPUs per task, reservation) can
+ * be passed as given: long options only (`--name` or `--name=value`, one word each), none of
+ * RESERVED_SBATCH_OPTIONS. Undefined when they can, else what is wrong.
+ */
+export function sbatchArgsProblem(words: string[]): string | undefined {
+  for (const word of words) {
+    const match = /^--([a-z][a-z0-9-]*)(=.*)?$/.exec(word);
+    if (!match) return `"${word}" is not a long sbatch option (write --name or --name=value, e.g. --qos=high --mem=64G)`;
+    if (RESERVED_SBATCH_OPTIONS.has(match[1])) return `--${match[1]} is set by the server (or would change what a run's job is); leave it out`;
+  }
+  return undefined;
+}
+
 /** sbatch's arguments for a phase's job (the script path last). */
 export function sbatchArgs(options: SlurmOptions, job: JobPhase, name: string, minutes: number): string[] {
   const args = ['--parsable', '--job-name', name, '--output', job.files.out, '--time', formatTimeLimit(minutes), '--nodes', '1', '--ntasks', '1'];
@@ -330,6 +358,9 @@ async function jobState(id: string): Promise<{ state: string; reason: string } |
   return parseJobRows(accounted.stdout).find((r) => r.id === id);
 }
 
+/** How often a followed job's exit file is looked for (a local stat, or the shared folder's). */
+const FILE_POLL_MS = 100;
+
 export interface JobEnd {
   exitCode: number | null;
   signal: string | null;
@@ -408,10 +439,22 @@ export class SlurmJob {
   }
 
   private async follow(id: string): Promise<void> {
-    const pollMs = this.options.pollMs ?? 500;
+    const askEveryMs = this.options.pollMs ?? 2000;
+    let askedAt = 0;
     let pending = true;
     let saidWhy = '';
     for (;;) {
+      if (existsSync(this.job.files.exit)) {
+        // The script ran the phase to its end (or refused to start it) and said so last.
+        if (pending) this.onLeftQueue();
+        this.finish(this.collect(id, { kind: 'ended', state: 'UNKNOWN', status: 'crashed', cause: 'the job script recorded its exit' }));
+        return;
+      }
+      if (Date.now() - askedAt < askEveryMs) {
+        await new Promise((r) => setTimeout(r, Math.min(FILE_POLL_MS, askEveryMs)));
+        continue;
+      }
+      askedAt = Date.now();
       const row = await jobState(id);
       const verdict = jobVerdict(row?.state);
       // While it waits, the run log says why (Resources, Priority, a held job ...), each change once.
@@ -427,7 +470,6 @@ export class SlurmJob {
         this.finish(this.collect(id, verdict));
         return;
       }
-      await new Promise((r) => setTimeout(r, pollMs));
     }
   }
 
