@@ -24,6 +24,7 @@ import {
   type JobPhase,
   type SlurmOptions,
 } from '../src/core/slurm.js';
+import type { ProcessRunner } from '../src/core/runner.js';
 import { CLI, closeServer, connect, expectSucceeded, makeWorkspace, ok, pidAlive, queryState, ROOT, serverEnv, waitFinished, waitUntil, type Connected } from './helpers.js';
 import { makeRunner, peekNextId, runTrain, seen, setup, trainPy, type Setup } from './runner-fixtures.js';
 
@@ -353,11 +354,17 @@ async function expectNoProcessesOf(dir: string): Promise<void> {
 }
 
 /**
- * A train.py that starts a process of its own in a new session, naming the run folder in its
- * command line (processesOf finds it), then sleeps: a trainer and a child that left its group.
+ * Starts a run whose train.py starts a process of its own in a new session, naming the run folder
+ * in its command line (processesOf finds it), then sleeps: a trainer and a child that left its
+ * group. Returns once the supervise job runs that trainer.
  */
-function sleepingTrainer(s: Setup, dir: string): string {
-  return trainPy(s, {}, { beforeBatch: `import subprocess\nsubprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", ${JSON.stringify(dir)}], start_new_session=True)\ntime.sleep(600)` });
+async function startSleepingRun(s: Setup, runner: ProcessRunner): Promise<{ id: number; dir: string; pending: ReturnType<typeof runTrain> }> {
+  const id = peekNextId();
+  const dir = join(s.runs, String(id));
+  const trainer = trainPy(s, {}, { beforeBatch: `import subprocess\nsubprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", ${JSON.stringify(dir)}], start_new_session=True)\ntime.sleep(600)` });
+  const pending = runTrain(s, runner, trainer);
+  await waitUntil(() => jobIdIn(dir, 'supervise') !== undefined && processesOf(dir).some((p) => p.includes('time.sleep(600)')), 60, 'the supervise job to start its trainer');
+  return { id, dir, pending };
 }
 
 /** Fake /dev/nvidiaN nodes (char 1,3 like /dev/null) made by the GPU test when absent, removed after. */
@@ -452,10 +459,7 @@ while len(list(pathlib.Path(${JSON.stringify(meet)}).iterdir())) < 2:
 
   it('cancels a running job with scancel', async () => {
     const runner = makeRunner(s, 'bwrap', { slurm: SLURM });
-    const id = peekNextId();
-    const dir = join(s.runs, String(id));
-    const pending = runTrain(s, runner, sleepingTrainer(s, dir));
-    await waitUntil(() => jobIdIn(dir, 'supervise') !== undefined && processesOf(dir).some((p) => p.includes('time.sleep(600)')), 60, 'the supervise job to start its trainer');
+    const { id, dir, pending } = await startSleepingRun(s, runner);
     expect(runner.stop(id, 'cancelled')).toBe(true);
     const { outcome } = await pending;
     expect(outcome.status).toBe('cancelled');
@@ -510,10 +514,7 @@ while len(list(pathlib.Path(${JSON.stringify(meet)}).iterdir())) < 2:
 
   it('records a job lost to a node failure as crashed with the cause', async () => {
     const runner = makeRunner(s, 'bwrap', { slurm: SLURM });
-    const id = peekNextId();
-    const dir = join(s.runs, String(id));
-    const pending = runTrain(s, runner, sleepingTrainer(s, dir));
-    await waitUntil(() => jobIdIn(dir, 'supervise') !== undefined && processesOf(dir).some((p) => p.includes('time.sleep(600)')), 60, 'the supervise job to start its trainer');
+    const { dir, pending } = await startSleepingRun(s, runner);
     const node = execFileSync('squeue', ['-h', '-j', jobIdIn(dir, 'supervise')!, '-o', '%N'], { encoding: 'utf8' }).trim();
     execFileSync('scontrol', ['update', `nodename=${node}`, 'state=down', 'reason=autoresearch-test']);
     try {

@@ -16,7 +16,7 @@ import { checkTrainPy, type Violation } from './rules.js';
 import { cpuThreadsPerRun, ProcessRunner, readLogTail, type Budget, type BudgetClock, type RunProgress, type Slot } from './runner.js';
 import { recordedPythonProblem } from './python.js';
 import { sandboxProblem } from './sandbox.js';
-import { deviceFault, drainedMessage, SlotHealth } from './slot-health.js';
+import { deviceFault, drainedMessage, SlotHealth, slotName } from './slot-health.js';
 import { cancelRecordedJobs, restartCause, sharedFolderProblem, slurmProblem, writableProblem, type SlurmOptions } from './slurm.js';
 import { isFinishedStatus, Store, type Experiment, type NoiseMeasurement } from './store.js';
 import { BASELINE_BRANCH, SESSION_BRANCH_PREFIX, TRAIN_FILE, Workspace, validateSessionTag } from './workspace.js';
@@ -895,7 +895,7 @@ export class Lab extends EventEmitter {
 
   private pump(): void {
     if (this.closed || !this.serving) return;
-    const usable = this.slots.filter((slot) => !this.health.isDrained(slot.index));
+    const usable = this.usableSlots();
     for (const slot of usable) {
       if (this.busySlots.has(slot.index)) continue;
       // A paused agent's candidates wait; noise and confirmation runs never do. A run its device
@@ -977,21 +977,19 @@ export class Lab extends EventEmitter {
     const fault = failed ? deviceFault(`${outcome.error ?? ''}\n${experiment.logPath ? readLogTail(experiment.logPath, undefined, logStart) : ''}`) : undefined;
     const drain = this.slotsAreDevices ? this.health.record(slot.index, { experimentId: id, status: outcome.status, fault, at: Date.now() }) : undefined;
     if (fault === undefined) return false;
-    const slotName = slot.cudaDevices !== undefined ? `slot ${slot.index} (GPU ${slot.cudaDevices})` : `slot ${slot.index}`;
     if (drain) {
       const message = drainedMessage(slot, drain);
       this.log(message);
       this.store.audit.append({ transport: 'cli', kind: 'event', method: 'slot_drained', experimentId: id, message, isError: true });
     }
-    const usable = this.slots.some((s) => !this.health.isDrained(s.index));
-    const requeue = usable && this.health.retry(id);
+    const requeue = this.usableSlots().length > 0 && this.health.retry(id);
     this.faultedOn.set(id, new Set([...(this.faultedOn.get(id) ?? []), slot.index]));
     this.store.audit.append({
       transport: 'cli',
       kind: 'event',
       method: 'slot_fault',
       experimentId: id,
-      message: `${slotName} failed the run for its device: ${fault}; ${requeue ? `queued again with the same seed${outcome.seed !== undefined ? ` ${outcome.seed}` : ''} (retry ${this.health.retriesOf(id)})` : 'not queued again'}`,
+      message: `${slotName(slot)} failed the run for its device: ${fault}; ${requeue ? `queued again with the same seed${outcome.seed !== undefined ? ` ${outcome.seed}` : ''} (retry ${this.health.retriesOf(id)})` : 'not queued again'}`,
       isError: true,
     });
     if (!requeue) return false;
@@ -999,11 +997,21 @@ export class Lab extends EventEmitter {
     return true;
   }
 
+  /** The slots that take runs: all but the drained ones. */
+  private usableSlots(): Slot[] {
+    return this.slots.filter((slot) => !this.health.isDrained(slot.index));
+  }
+
+  /** Why a slot takes no more runs, or null while it does. */
+  private drainedBecause(slot: Slot): string | null {
+    const drain = this.health.drainOf(slot.index);
+    return drain ? drainedMessage(slot, drain) : null;
+  }
+
   /** Refuses new runs when no slot is left to run them: they would wait for ever. */
   private requireUsableSlot(): void {
-    if (this.slots.some((slot) => !this.health.isDrained(slot.index))) return;
-    const drains = this.slots.map((slot) => drainedMessage(slot, this.health.drainOf(slot.index)!));
-    throw new UserError(`Every slot is drained, so nothing would run it; nothing was queued. ${drains.join(' ')}`);
+    if (this.usableSlots().length > 0) return;
+    throw new UserError(`Every slot is drained, so nothing would run it; nothing was queued. ${this.slots.map((slot) => this.drainedBecause(slot)).join(' ')}`);
   }
 
   /**
@@ -1688,8 +1696,7 @@ export class Lab extends EventEmitter {
     const pausedAgents = this.pausedAgents();
     const gpus = this.slots.some((slot) => slot.cudaDevices !== undefined) ? gpuUsage() : undefined;
     let nextStep: string;
-    const drained = this.slots.filter((slot) => this.health.isDrained(slot.index));
-    if (drained.length === this.slots.length) nextStep = `every slot is drained (${drainedMessage(drained[0], this.health.drainOf(drained[0].index)!)}): tell the person running this lab; nothing can run until the server restarts on working devices`;
+    if (this.usableSlots().length === 0) nextStep = `every slot is drained (${this.drainedBecause(this.slots[0])}): tell the person running this lab; nothing can run until the server restarts on working devices`;
     else if (drift.length > 0) nextStep = `restore the harness files that changed (${drift.join(', ')}): runs are refused until they match their pins`;
     else if (!sessionTag) {
       nextStep =
@@ -1725,7 +1732,7 @@ export class Lab extends EventEmitter {
         cudaDevices: slot.cudaDevices ?? null,
         experimentId: this.busySlots.get(slot.index) ?? null,
         gpu: slotGpu(slot, gpus),
-        drained: this.health.isDrained(slot.index) ? drainedMessage(slot, this.health.drainOf(slot.index)!) : null,
+        drained: this.drainedBecause(slot),
         deviceFaultsInARow: this.health.faultsOf(slot.index),
       })),
       queue: queued,

@@ -390,7 +390,7 @@ export class Ceiling {
   }
 
   /** Milliseconds left before the ceiling; not counting down while a job waits. */
-  remaining(): number {
+  private remaining(): number {
     return this.timer ? Math.max(0, this.remainingMs - (Date.now() - this.armedAt)) : this.remainingMs;
   }
 
@@ -1071,7 +1071,7 @@ export class ProcessRunner extends EventEmitter {
     const id = folder.root.split('/').filter(Boolean).at(-1) ?? 'run';
     const job = new SlurmJob(
       slurm,
-      { phase: how.name, argv, cwd: how.cwd, env: how.env, resultFd: how.resultFd, stdin: how.stdin ?? false, log: folder.log, files: jobFiles(folder.root, how.name), gpus: slurm.gpusPerJob > 0 },
+      { phase: how.name, argv, cwd: how.cwd, env: how.env, resultFd: how.resultFd, stdin: how.stdin ?? false, log: folder.log, files: jobFiles(folder.root, how.name), gpus: this.jobGpus },
       `autoresearch-${id}-${how.name}`,
       slurm.timeLimitMinutes ?? timeLimitMinutes(this.options.ceilingSeconds),
       () => active.ceiling?.waitingInQueue(how.name, false),

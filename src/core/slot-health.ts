@@ -104,12 +104,16 @@ export class SlotHealth {
   }
 }
 
+/** A slot as messages name it: `slot 1 (GPU 3)`, or `slot 0` on a CPU slot. */
+export function slotName(slot: { index: number; cudaDevices?: string }): string {
+  return slot.cudaDevices !== undefined ? `slot ${slot.index} (GPU ${slot.cudaDevices})` : `slot ${slot.index}`;
+}
+
 /** The status line and error text for a drained slot. */
 export function drainedMessage(slot: { index: number; cudaDevices?: string }, drain: DrainedSlot): string {
-  const name = slot.cudaDevices !== undefined ? `slot ${slot.index} (GPU ${slot.cudaDevices})` : `slot ${slot.index}`;
   const runs = drain.faults.map((f) => f.experimentId).join(', ');
   return (
-    `${name} is drained: ${drain.faults.length} runs in a row failed for the device, not their code (experiments ${runs}; last: ${drain.faults.at(-1)?.cause}). ` +
+    `${slotName(slot)} is drained: ${drain.faults.length} runs in a row failed for the device, not their code (experiments ${runs}; last: ${drain.faults.at(-1)?.cause}). ` +
     'No more runs go to it. Check the GPU (nvidia-smi, the kernel log for Xid errors), then restart the server to use it again, or leave it out with --gpus.'
   );
 }
