@@ -55,7 +55,7 @@ describe('parsing what the run prints', () => {
     const tail = 'step 00001 (1.0%) | loss: 6.2\nTraceback (most recent call last):\n  File "x"\nOSError: [Errno 30] Read-only file system\n\nsupervise: outcome exited\n[evaluate] nothing\n';
     expect(lastTrainerLine(tail)).toBe('OSError: [Errno 30] Read-only file system');
     expect(lastTrainerLine('supervise: trainer started\n')).toBeUndefined();
-    expect(lastTrainerLine('slurm: supervise job 4 on n1 CUDA_VISIBLE_DEVICES=\nsupervise: trainer started\n')).toBeUndefined();
+    expect(lastTrainerLine('slurm: job 4 on n1 CUDA_VISIBLE_DEVICES=\nsupervise: trainer started\n')).toBeUndefined();
     expect(lastTrainerLine('x'.repeat(400))).toHaveLength(300);
   });
 

@@ -1,6 +1,6 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -12,6 +12,7 @@ import {
   parseExitFile,
   parseJobRows,
   parseSbatch,
+  phaseFiles,
   sbatchArgs,
   sbatchArgsProblem,
   sbatchRefusal,
@@ -22,6 +23,7 @@ import {
   timeLimitMinutes,
   writableProblem,
   type JobPhase,
+  type RunJob,
   type SlurmOptions,
 } from '../src/core/slurm.js';
 import type { ProcessRunner } from '../src/core/runner.js';
@@ -50,13 +52,13 @@ describe('Slurm job parameters', () => {
   });
 
   it('passes partition, account, GPUs and extra arguments, never requeues, exports nothing of ours, and ends with the script', () => {
-    const job = phase('/r', 'supervise');
-    expect(sbatchArgs({ gpusPerJob: 0 }, job, 'autoresearch-7-supervise', 3)).toEqual([
-      '--parsable', '--job-name', 'autoresearch-7-supervise', '--output', '/r/slurm/supervise.out', '--time', '3', '--nodes', '1', '--ntasks', '1',
-      '--export', 'NONE', '--no-requeue', '/r/slurm/supervise.sh',
+    const job = runJob('/r', [phase('/r', 'supervise')]);
+    expect(sbatchArgs({ gpusPerJob: 0 }, job, 'autoresearch-7', 3)).toEqual([
+      '--parsable', '--job-name', 'autoresearch-7', '--output', '/r/slurm/job.out', '--time', '3', '--nodes', '1', '--ntasks', '1',
+      '--export', 'NONE', '--no-requeue', '/r/slurm/job.sh',
     ]);
     const full = sbatchArgs({ gpusPerJob: 1, partition: 'gpu', account: 'lab', extraArgs: ['--qos=short'] }, job, 'n', 90);
-    expect(full.slice(-7)).toEqual(['--partition', 'gpu', '--account', 'lab', '--gres=gpu:1', '--qos=short', '/r/slurm/supervise.sh']);
+    expect(full.slice(-7)).toEqual(['--partition', 'gpu', '--account', 'lab', '--gres=gpu:1', '--qos=short', '/r/slurm/job.sh']);
     expect(full).toContain('0-01:30:00');
   });
 
@@ -143,11 +145,22 @@ describe('Slurm job parameters', () => {
 });
 
 function phase(root: string, name: string, over: Partial<JobPhase> = {}): JobPhase {
-  return { phase: name, argv: ['/bin/true'], cwd: root, env: {}, resultFd: 1, stdin: false, log: join(root, 'run.log'), files: jobFiles(root, name), ...over };
+  return { phase: name, argv: ['/bin/true'], cwd: root, env: {}, resultFd: 1, stdin: false, files: phaseFiles(root, name), ...over };
+}
+
+function runJob(root: string, phases: JobPhase[], over: Partial<RunJob> = {}): RunJob {
+  return { log: join(root, 'run.log'), files: jobFiles(root), phases, ...over };
+}
+
+/** Writes the job's script; returns its path. */
+async function writeScript(job: RunJob): Promise<string> {
+  await mkdir(job.files.dir, { recursive: true });
+  await writeFile(job.files.script, jobScript(job));
+  return job.files.script;
 }
 
 describe('the job script, run by bash as a job runs it', () => {
-  it('runs the phase with exactly its environment (quoted whatever it holds), its stdin, the result fd to a file and the rest to the log, and records the exit last', async () => {
+  it('runs a phase with exactly its environment (quoted whatever it holds), its stdin, the result fd to a file and the rest to the log, and records the exit last', async () => {
     const root = await mkdtemp(join(tmpdir(), 'ar-slurm-script-'));
     const tricky = `it's "quoted" $HOME \`x\` ; rm -rf /`;
     const script = `
@@ -157,47 +170,83 @@ print("err to the log", file=sys.stderr)
 os.write(3, json.dumps({"env": dict(os.environ), "stdin": sys.stdin.read(), "cwd": os.getcwd()}).encode())
 sys.exit(4)
 `;
-    const job = phase(root, 'evaluate', { argv: ['/usr/bin/python3', '-c', script, tricky], env: { TRICKY: tricky, PYTHONDONTWRITEBYTECODE: '1' }, resultFd: 3, stdin: true });
-    await mkdir(job.files.dir, { recursive: true });
-    await writeFile(job.files.stdin, 'go\n');
-    await writeFile(job.files.script, jobScript(job));
-    const ran = spawnSync('/bin/bash', [job.files.script], { env: { SLURM_JOB_ID: '77', SLURMD_NODENAME: 'n1', CUDA_VISIBLE_DEVICES: '1', SECRET: 'server' }, encoding: 'utf8' });
+    const evaluate = phase(root, 'evaluate', { argv: ['/usr/bin/python3', '-c', script, tricky], env: { TRICKY: tricky, PYTHONDONTWRITEBYTECODE: '1' }, resultFd: 3, stdin: true });
+    const job = runJob(root, [evaluate]);
+    const path = await writeScript(job);
+    await writeFile(evaluate.files.stdin, 'go\n');
+    const ran = spawnSync('/bin/bash', [path], { env: { SLURM_JOB_ID: '77', SLURMD_NODENAME: 'n1', CUDA_VISIBLE_DEVICES: '1', SECRET: 'server' }, encoding: 'utf8' });
     expect(ran.status).toBe(4);
-    const seen = JSON.parse(await readFile(job.files.result, 'utf8'));
+    const seen = JSON.parse(await readFile(evaluate.files.result, 'utf8'));
     // python adds LC_CTYPE on some systems; nothing of the job's own environment passes
     expect(Object.keys(seen.env).filter((k) => k !== 'LC_CTYPE').sort()).toEqual(['PYTHONDONTWRITEBYTECODE', 'TRICKY']);
     expect(seen.env.TRICKY).toBe(tricky);
     expect(seen.stdin).toBe('go\n');
     expect(seen.cwd).toBe(root);
-    expect(parseExitFile(await readFile(job.files.exit, 'utf8'))).toEqual({ exitCode: 4, signal: null });
-    expect(existsSync(`${job.files.exit}.tmp`)).toBe(false);
+    expect(parseExitFile(await readFile(evaluate.files.exit, 'utf8'))).toEqual({ exitCode: 4, signal: null });
+    expect(existsSync(`${evaluate.files.exit}.tmp`)).toBe(false);
     const log = await readFile(job.log, 'utf8');
-    expect(log).toBe('slurm: evaluate job 77 on n1 CUDA_VISIBLE_DEVICES=1\nto the log\nerr to the log\n');
+    expect(log).toBe('slurm: job 77 on n1 CUDA_VISIBLE_DEVICES=1\nto the log\nerr to the log\n');
   });
 
   it('sends stdout to the result file for the supervisor, stdin from /dev/null', async () => {
     const root = await mkdtemp(join(tmpdir(), 'ar-slurm-script-'));
-    const job = phase(root, 'supervise', { argv: ['/bin/sh', '-c', 'cat; echo "{\\"outcome\\": \\"exited\\"}"; echo oops >&2'] });
-    await mkdir(job.files.dir, { recursive: true });
-    await writeFile(job.files.script, jobScript(job));
-    expect(spawnSync('/bin/bash', [job.files.script]).status).toBe(0);
-    expect(await readFile(job.files.result, 'utf8')).toBe('{"outcome": "exited"}\n');
-    expect(await readFile(job.log, 'utf8')).toMatch(/^slurm: supervise job \? on \? CUDA_VISIBLE_DEVICES=\noops\n$/);
+    const supervise = phase(root, 'supervise', { argv: ['/bin/sh', '-c', 'cat; echo "{\\"outcome\\": \\"exited\\"}"; echo oops >&2'] });
+    const job = runJob(root, [supervise]);
+    expect(spawnSync('/bin/bash', [await writeScript(job)]).status).toBe(0);
+    expect(await readFile(supervise.files.result, 'utf8')).toBe('{"outcome": "exited"}\n');
+    expect(await readFile(job.log, 'utf8')).toMatch(/^slurm: job \? on \? CUDA_VISIBLE_DEVICES=\noops\n$/);
   });
 
-  it('records 127 and says so in the log when the folder is not there on the node', async () => {
+  it("starts the phases together: the waiting one takes its stdin only once the server writes it, after the other's exit is recorded", async () => {
     const root = await mkdtemp(join(tmpdir(), 'ar-slurm-script-'));
-    const job = phase(root, 'supervise', { cwd: join(root, 'not-on-this-node') });
-    await mkdir(job.files.dir, { recursive: true });
-    await writeFile(job.files.script, jobScript(job));
-    expect(spawnSync('/bin/bash', [job.files.script]).status).toBe(127);
-    expect(await readFile(job.files.exit, 'utf8')).toBe('127\n');
+    const started = join(root, 'evaluator-started');
+    // The evaluator marks its start, then blocks on stdin; the supervisor ends at once.
+    const evaluate = phase(root, 'evaluate', {
+      argv: ['/usr/bin/python3', '-c', `import os, sys\nopen(${JSON.stringify(started)}, "w").close()\nos.write(3, sys.stdin.read().encode())`],
+      resultFd: 3,
+      stdin: true,
+    });
+    const supervise = phase(root, 'supervise', { argv: ['/bin/sh', '-c', 'echo report'] });
+    const job = runJob(root, [evaluate, supervise]);
+    const bash = spawn('/bin/bash', [await writeScript(job)], { stdio: 'ignore' });
+    const closed = new Promise<number | null>((resolve) => bash.on('close', (code) => resolve(code)));
+    await waitUntil(() => existsSync(supervise.files.exit) && existsSync(started), 30, 'the supervisor to end while the evaluator waits');
+    expect(await readFile(supervise.files.result, 'utf8')).toBe('report\n');
+    expect(existsSync(evaluate.files.exit)).toBe(false);
+    // the server's go, through a rename as SlurmJob.go writes it
+    await writeFile(`${evaluate.files.stdin}.tmp`, 'go\n');
+    await rename(`${evaluate.files.stdin}.tmp`, evaluate.files.stdin);
+    expect(await closed).toBe(0);
+    expect(await readFile(evaluate.files.result, 'utf8')).toBe('go\n');
+    expect(parseExitFile(await readFile(evaluate.files.exit, 'utf8'))).toEqual({ exitCode: 0, signal: null });
+  }, 60_000);
+
+  it("exits with the first failing phase's status, each phase's own recorded", async () => {
+    const root = await mkdtemp(join(tmpdir(), 'ar-slurm-script-'));
+    const first = phase(root, 'evaluate', { argv: ['/bin/sh', '-c', 'exit 0'] });
+    const second = phase(root, 'supervise', { argv: ['/bin/sh', '-c', 'exit 3'] });
+    expect(spawnSync('/bin/bash', [await writeScript(runJob(root, [first, second]))]).status).toBe(3);
+    expect(await readFile(first.files.exit, 'utf8')).toBe('0\n');
+    expect(await readFile(second.files.exit, 'utf8')).toBe('3\n');
+  });
+
+  it('records 127 for every phase and says so in the log when the folder is not there on the node', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'ar-slurm-script-'));
+    const ran = join(root, 'ran');
+    const evaluate = phase(root, 'evaluate', { argv: ['/usr/bin/touch', ran], stdin: true });
+    const supervise = phase(root, 'supervise', { cwd: join(root, 'not-on-this-node') });
+    const job = runJob(root, [evaluate, supervise]);
+    expect(spawnSync('/bin/bash', [await writeScript(job)]).status).toBe(127);
+    expect(await readFile(supervise.files.exit, 'utf8')).toBe('127\n');
+    expect(await readFile(evaluate.files.exit, 'utf8')).toBe('127\n');
+    expect(existsSync(ran)).toBe(false);
     expect(await readFile(job.log, 'utf8')).toMatch(/cannot enter .*not-on-this-node on this node/);
+    expect(await readFile(job.files.error, 'utf8')).toMatch(/cannot enter .*not-on-this-node on this node/);
   });
 
   it('refuses what cannot be passed to a job', () => {
-    expect(() => jobScript(phase('/r', 'x', { env: { 'A-B': '1' } }))).toThrow(/cannot be passed/);
-    expect(() => jobScript(phase('/r', 'x', { env: { CUDA_VISIBLE_DEVICES: SLURM_CUDA_VISIBLE_DEVICES } }))).toThrow(/requests no GPU/);
+    expect(() => jobScript(runJob('/r', [phase('/r', 'x', { env: { 'A-B': '1' } })]))).toThrow(/cannot be passed/);
+    expect(() => jobScript(runJob('/r', [phase('/r', 'x', { env: { CUDA_VISIBLE_DEVICES: SLURM_CUDA_VISIBLE_DEVICES } })]))).toThrow(/requests no GPU/);
     expect(() => shellQuote('a\0b')).toThrow(/NUL/);
     expect(shellQuote("it's")).toBe(`'it'\\''s'`);
   });
@@ -210,7 +259,7 @@ describe('the job script of a GPU job, run by bash with the GPUs Slurm would giv
   });
 
   /** A GPU job whose phase reports its environment, argv and the spec file it was given (after --spec). */
-  async function gpuJob(): Promise<{ root: string; job: JobPhase; spec: string; ran: string }> {
+  async function gpuJob(): Promise<{ root: string; job: RunJob; supervise: JobPhase; spec: string; ran: string }> {
     const root = await mkdtemp(join(tmpdir(), 'ar-slurm-gpu-'));
     roots.push(root);
     const spec = join(root, 'spec.json');
@@ -221,29 +270,28 @@ import json, os, sys
 open(${JSON.stringify(ran)}, "w").close()
 os.write(3, json.dumps({"env": os.environ.get("CUDA_VISIBLE_DEVICES"), "argv": sys.argv[1:], "spec": json.load(open(sys.argv[2]))}).encode())
 `;
-    const job = phase(root, 'supervise', {
+    const supervise = phase(root, 'supervise', {
       argv: ['/usr/bin/python3', '-c', script, '--spec', spec, `--devices=${SLURM_CUDA_VISIBLE_DEVICES}`],
       env: { CUDA_VISIBLE_DEVICES: SLURM_CUDA_VISIBLE_DEVICES },
       resultFd: 3,
-      gpus: true,
     });
-    await mkdir(job.files.dir, { recursive: true });
-    await writeFile(job.files.script, jobScript(job));
-    return { root, job, spec, ran };
+    const job = runJob(root, [supervise], { gpus: true });
+    await writeScript(job);
+    return { root, job, supervise, spec, ran };
   }
 
   it.each(['1', '0,1', 'GPU-5e2c1f3a-8b7d-4c6e-9f01-23456789abcd', 'MIG-9a8b7c6d-1111-2222-3333-444455556666'])(
     'puts CUDA_VISIBLE_DEVICES=%s where the server wrote the placeholder: environment, argv and the spec file',
     async (devices) => {
-      const { job, spec } = await gpuJob();
+      const { job, supervise, spec } = await gpuJob();
       const ran = spawnSync('/bin/bash', [job.files.script], { env: { SLURM_JOB_ID: '8', SLURMD_NODENAME: 'g1', CUDA_VISIBLE_DEVICES: devices }, encoding: 'utf8' });
       expect(ran.status).toBe(0);
-      const seen = JSON.parse(await readFile(job.files.result, 'utf8'));
+      const seen = JSON.parse(await readFile(supervise.files.result, 'utf8'));
       expect(seen.env).toBe(devices);
       expect(seen.argv).toEqual(['--spec', spec, `--devices=${devices}`]);
       expect(seen.spec).toEqual({ trainer_argv: ['bwrap', '--setenv', 'CUDA_VISIBLE_DEVICES', devices], trainer_env: { CUDA_VISIBLE_DEVICES: devices } });
       expect(await readFile(spec, 'utf8')).not.toContain(SLURM_CUDA_VISIBLE_DEVICES);
-      expect(await readFile(job.log, 'utf8')).toBe(`slurm: supervise job 8 on g1 CUDA_VISIBLE_DEVICES=${devices}\n`);
+      expect(await readFile(job.log, 'utf8')).toBe(`slurm: job 8 on g1 CUDA_VISIBLE_DEVICES=${devices}\n`);
       expect(existsSync(job.files.error)).toBe(false);
     },
   );
@@ -255,25 +303,26 @@ os.write(3, json.dumps({"env": os.environ.get("CUDA_VISIBLE_DEVICES"), "argv": s
     ['a space', '0 1'],
     ['a slash', 'a/b'],
   ])('fails without starting the phase when CUDA_VISIBLE_DEVICES is %s, saying why in the log', async (_what, devices) => {
-    const { job, spec, ran } = await gpuJob();
+    const { job, supervise, spec, ran } = await gpuJob();
     const env: Record<string, string> = { SLURM_JOB_ID: '9', SLURMD_NODENAME: 'g1' };
     if (devices !== undefined) env.CUDA_VISIBLE_DEVICES = devices;
-    const result = spawnSync('/bin/bash', [job.files.script], { env, encoding: 'utf8', cwd: job.cwd });
+    const result = spawnSync('/bin/bash', [job.files.script], { env, encoding: 'utf8', cwd: supervise.cwd });
     expect(result.status).toBe(1);
     expect(existsSync(ran)).toBe(false);
     expect(await readFile(spec, 'utf8')).toContain(SLURM_CUDA_VISIBLE_DEVICES);
-    expect(await readFile(job.files.exit, 'utf8')).toBe('1\n');
+    expect(await readFile(supervise.files.exit, 'utf8')).toBe('1\n');
     const why = /the job requested GPUs but Slurm gave it none it can name \(CUDA_VISIBLE_DEVICES='.*'\): check that the partition has gres gpu/;
     expect(await readFile(job.log, 'utf8')).toMatch(new RegExp(`^slurm: ${why.source}`, 'm'));
     expect(await readFile(job.files.error, 'utf8')).toMatch(why);
-    expect(existsSync(join(job.cwd, 'x'))).toBe(false);
+    expect(existsSync(join(supervise.cwd, 'x'))).toBe(false);
   });
 
-  it("kills the phase's process group and records no exit when the job is signalled (scancel)", async () => {
+  it("kills every phase's process group, the one waiting for its stdin too, and records no exit when the job is signalled (scancel)", async () => {
     const root = await mkdtemp(join(tmpdir(), 'ar-slurm-term-'));
     roots.push(root);
     const pids = join(root, 'pids');
-    // The phase and a child of it that stays in its process group, both sleeping.
+    const waiting = join(root, 'waiting');
+    // The supervisor and a child of it that stays in its process group, both sleeping.
     const script = `
 import os, subprocess, time
 child = subprocess.Popen(["sleep", "300"])
@@ -281,17 +330,23 @@ open(${JSON.stringify(pids)} + ".tmp", "w").write(f"{os.getpid()} {child.pid}")
 os.rename(${JSON.stringify(pids)} + ".tmp", ${JSON.stringify(pids)})
 time.sleep(300)
 `;
-    const job = phase(root, 'supervise', { argv: ['/usr/bin/python3', '-c', script] });
-    await mkdir(job.files.dir, { recursive: true });
-    await writeFile(job.files.script, jobScript(job));
-    const bash = spawn('/bin/bash', [job.files.script], { detached: true, stdio: 'ignore' });
+    const supervise = phase(root, 'supervise', { argv: ['/usr/bin/python3', '-c', script] });
+    // The evaluator, blocked on a stdin the server never writes.
+    const evaluate = phase(root, 'evaluate', { argv: ['/usr/bin/python3', '-c', `import os, sys\nopen(${JSON.stringify(waiting)}, "w").write(str(os.getpid()))\nsys.stdin.read()`], stdin: true });
+    const job = runJob(root, [evaluate, supervise]);
+    const path = await writeScript(job);
+    const bash = spawn('/bin/bash', [path], { detached: true, stdio: 'ignore' });
     const closed = new Promise<number | null>((resolve) => bash.on('close', (code) => resolve(code)));
-    await waitUntil(() => existsSync(pids), 30, 'the phase to start');
+    await waitUntil(() => existsSync(pids) && existsSync(waiting) && readFileSync(waiting, 'utf8') !== '', 30, 'both phases to start');
     const [phasePid, childPid] = readFileSync(pids, 'utf8').split(' ').map(Number);
+    const evaluatorPid = Number(readFileSync(waiting, 'utf8'));
     bash.kill('SIGTERM');
     expect(await closed).toBe(143);
-    await waitUntil(() => !pidAlive(phasePid) && !pidAlive(childPid), 15, 'the phase and its child to end');
-    expect(existsSync(job.files.exit)).toBe(false);
+    await waitUntil(() => ![phasePid, childPid, evaluatorPid].some(pidAlive), 15, 'the phases and the child to end');
+    // nothing of the script is left either (the subshells, the loop that waits for the stdin file)
+    await waitUntil(() => processesOf(path).length === 0, 15, 'the job script\'s own processes to end');
+    expect(existsSync(supervise.files.exit)).toBe(false);
+    expect(existsSync(evaluate.files.exit)).toBe(false);
   }, 60_000);
 });
 
@@ -316,11 +371,11 @@ afterAll(() => {
   if (startedCluster) spawnSync('bash', [CLUSTER_SCRIPT, 'stop'], { stdio: 'inherit' });
 });
 
-/** The Slurm job id the run log names for a phase, once the job runs. */
-function jobIdIn(dir: string, name: 'supervise' | 'evaluate'): string | undefined {
+/** The Slurm job id the run log names, once the run's job runs. */
+function jobIdIn(dir: string): string | undefined {
   const log = join(dir, 'run.log');
   if (!existsSync(log)) return undefined;
-  return new RegExp(`^slurm: ${name} job (\\d+) `, 'm').exec(readFileSync(log, 'utf8'))?.[1];
+  return /^slurm: job (\d+) on /m.exec(readFileSync(log, 'utf8'))?.[1];
 }
 
 /** Jobs of ours the cluster still runs or queues. */
@@ -356,14 +411,14 @@ async function expectNoProcessesOf(dir: string): Promise<void> {
 /**
  * Starts a run whose train.py starts a process of its own in a new session, naming the run folder
  * in its command line (processesOf finds it), then sleeps: a trainer and a child that left its
- * group. Returns once the supervise job runs that trainer.
+ * group. Returns once the run's job runs that trainer.
  */
 async function startSleepingRun(s: Setup, runner: ProcessRunner): Promise<{ id: number; dir: string; pending: ReturnType<typeof runTrain> }> {
   const id = peekNextId();
   const dir = join(s.runs, String(id));
   const trainer = trainPy(s, {}, { beforeBatch: `import subprocess\nsubprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", ${JSON.stringify(dir)}], start_new_session=True)\ntime.sleep(600)` });
   const pending = runTrain(s, runner, trainer);
-  await waitUntil(() => jobIdIn(dir, 'supervise') !== undefined && processesOf(dir).some((p) => p.includes('time.sleep(600)')), 60, 'the supervise job to start its trainer');
+  await waitUntil(() => jobIdIn(dir) !== undefined && processesOf(dir).some((p) => p.includes('time.sleep(600)')), 60, 'the job to start its trainer');
   return { id, dir, pending };
 }
 
@@ -391,22 +446,23 @@ describe('ProcessRunner with the Slurm backend, on a loopback cluster', () => {
     s = await setup();
   }, 120_000);
 
-  it('runs both phases as jobs, sandboxed in the job, and brings back the same outcome as a local run', async () => {
+  it('runs both phases in one job, sandboxed in the job, and brings back the same outcome as a local run', async () => {
     const runner = makeRunner(s, 'bwrap', { slurm: SLURM });
     const { outcome, log, dir } = await runTrain(s, runner, trainPy(s));
     expect(outcome.error).toBeUndefined();
     expect(outcome).toMatchObject({ status: 'succeeded', valBpb: 1.25, sandboxed: true, evalTokens: 100, batchesServed: 1 });
     expect(outcome.summary.val_bpb).toBe(0.1);
-    const supervise = jobIdIn(dir, 'supervise');
-    const evaluate = jobIdIn(dir, 'evaluate');
-    expect(supervise).toBeDefined();
-    expect(evaluate).toBeDefined();
-    expect(Number(evaluate)).toBeGreaterThan(Number(supervise));
-    expect(outcome.slurmJobs).toEqual({ supervise, evaluate });
+    // one job for the run: one line of it in the log, its id recorded
+    const job = jobIdIn(dir);
+    expect(job).toBeDefined();
+    expect(log.match(/^slurm: job \d+ on /gm)).toHaveLength(1);
+    expect(outcome.slurmJob).toBe(job);
+    expect(readFileSync(join(dir, 'slurm', 'job.jobid'), 'utf8')).toBe(`${job}\n`);
     // the trainer ran in its sandbox inside the job: it saw no validation data
     expect(log).toMatch(/evaluator seed=\d+ val=True train=False weights=the-weights/);
     expect(JSON.parse(log.split('\n').find((l) => l.startsWith('SEEN '))!.slice(5))).toMatchObject({ cwd: '/sandbox/scratch', val: false });
     expect(readFileSync(join(dir, 'slurm', 'supervise.exit'), 'utf8')).toBe('0\n');
+    expect(readFileSync(join(dir, 'slurm', 'evaluate.exit'), 'utf8')).toBe('0\n');
   }, 120_000);
 
   it('gives concurrent jobs their own fake GPU (gres), as CUDA_VISIBLE_DEVICES', async () => {
@@ -420,7 +476,7 @@ while len(list(pathlib.Path(${JSON.stringify(meet)}).iterdir())) < 2:
 `;
     const runner = makeRunner(s, 'none', { slurm: { ...SLURM, gpusPerJob: 1 } });
     const runs = await Promise.all([runTrain(s, runner, trainPy(s, { val_bpb: 1.1 }, { beforeBatch: wait })), runTrain(s, runner, trainPy(s, { val_bpb: 1.2 }, { beforeBatch: wait }))]);
-    const devices = runs.map((run) => /^slurm: supervise job \d+ on \S+ CUDA_VISIBLE_DEVICES=(\S*)$/m.exec(run.log)?.[1]);
+    const devices = runs.map((run) => /^slurm: job \d+ on \S+ CUDA_VISIBLE_DEVICES=(\S*)$/m.exec(run.log)?.[1]);
     expect(runs.map((r) => r.outcome.status)).toEqual(['succeeded', 'succeeded']);
     // each trainer got its job's GPU (the job script wrote it into the spec in place of the placeholder)
     expect(runs.map((run) => seen(run.log).env.CUDA_VISIBLE_DEVICES)).toEqual(devices);
@@ -437,7 +493,7 @@ while len(list(pathlib.Path(${JSON.stringify(meet)}).iterdir())) < 2:
       const { outcome, log, dir } = await runTrain(s, runner, trainPy(s, { val_bpb: 1.4 }, { beforeBatch: look }));
       expect(outcome.error).toBeUndefined();
       expect(outcome).toMatchObject({ status: 'succeeded', valBpb: 1.4, sandboxed: true });
-      const given = /^slurm: supervise job \d+ on \S+ CUDA_VISIBLE_DEVICES=(\S*)$/m.exec(log)?.[1];
+      const given = /^slurm: job \d+ on \S+ CUDA_VISIBLE_DEVICES=(\S*)$/m.exec(log)?.[1];
       expect(given).toMatch(/^[01]$/);
       // the trainer, inside its sandbox, saw the job's GPU, not the placeholder
       expect(seen(log).env.CUDA_VISIBLE_DEVICES).toBe(given);
@@ -450,12 +506,21 @@ while len(list(pathlib.Path(${JSON.stringify(meet)}).iterdir())) < 2:
       expect(hostNodes).toEqual(expect.arrayContaining(['/dev/nvidia0', '/dev/nvidia1']));
       expect(JSON.parse(log.split('\n').find((l) => l.startsWith('DEVICES '))!.slice(8))).toEqual(hostNodes);
       expect(readFileSync(join(dir, 'spec.json'), 'utf8')).not.toContain(SLURM_CUDA_VISIBLE_DEVICES);
-      // the evaluator's job got a GPU too (evaluate.py --device cuda)
-      expect(log).toMatch(/^slurm: evaluate job \d+ on \S+ CUDA_VISIBLE_DEVICES=[01]$/m);
     } finally {
       removeFakeGpuNodes();
     }
   }, 180_000);
+
+  it('cancels the job when the trainer fails: the evaluator waiting in it for its go does not hold the allocation', async () => {
+    const runner = makeRunner(s, 'bwrap', { slurm: SLURM });
+    const { outcome, dir } = await runTrain(s, runner, trainPy(s, {}, { beforeBatch: 'raise SystemExit(3)' }));
+    expect(outcome.status).toBe('crashed');
+    expect(outcome.error).toMatch(/^train.py exited with code 3 before handing over its model/);
+    expect(outcome.slurmJob).toBe(jobIdIn(dir));
+    expect(existsSync(join(dir, 'slurm', 'evaluate.stdin'))).toBe(false);
+    expect(ourActiveJobs()).toEqual([]);
+    await expectNoProcessesOf(dir);
+  }, 120_000);
 
   it('cancels a running job with scancel', async () => {
     const runner = makeRunner(s, 'bwrap', { slurm: SLURM });
@@ -476,26 +541,24 @@ while len(list(pathlib.Path(${JSON.stringify(meet)}).iterdir())) < 2:
   }, 120_000);
 
   it("does not count a job's wait in the queue against the run's ceiling", async () => {
-    // Every job is submitted held; each is released only after waiting longer than the whole ceiling.
+    // The job is submitted held and released only after waiting longer than the whole ceiling.
     const runner = makeRunner(s, 'bwrap', { slurm: { ...SLURM, extraArgs: ['--hold'] }, ceilingSeconds: 15 });
     const id = peekNextId();
     const dir = join(s.runs, String(id));
     const pending = runTrain(s, runner, trainPy(s));
-    for (const phase of ['supervise', 'evaluate'] as const) {
-      const jobid = join(dir, 'slurm', `${phase}.jobid`);
-      await waitUntil(() => existsSync(jobid), 120, `the ${phase} job to be submitted`);
-      const job = readFileSync(jobid, 'utf8').trim();
-      await new Promise((resolve) => setTimeout(resolve, 20_000));
-      const state = spawnSync('squeue', ['-h', '-j', job, '-o', '%T|%r'], { encoding: 'utf8' });
-      const log = existsSync(join(dir, 'run.log')) ? readFileSync(join(dir, 'run.log'), 'utf8') : '(no run log)';
-      expect(state.stdout.trim(), `squeue for the ${phase} job ${job}: ${state.stdout}${state.stderr}\nrun log:\n${log}`).toBe('PENDING|JobHeldUser');
-      execFileSync('scontrol', ['release', job]);
-    }
+    const jobid = join(dir, 'slurm', 'job.jobid');
+    await waitUntil(() => existsSync(jobid), 120, 'the job to be submitted');
+    const job = readFileSync(jobid, 'utf8').trim();
+    await new Promise((resolve) => setTimeout(resolve, 20_000));
+    const state = spawnSync('squeue', ['-h', '-j', job, '-o', '%T|%r'], { encoding: 'utf8' });
+    const waited = existsSync(join(dir, 'run.log')) ? readFileSync(join(dir, 'run.log'), 'utf8') : '(no run log)';
+    expect(state.stdout.trim(), `squeue for job ${job}: ${state.stdout}${state.stderr}\nrun log:\n${waited}`).toBe('PENDING|JobHeldUser');
+    execFileSync('scontrol', ['release', job]);
     const { outcome, log } = await pending;
     expect(outcome.error).toBeUndefined();
     expect(outcome.status).toBe('succeeded');
-    // The run log said why each job waited.
-    for (const phase of ['supervise', 'evaluate']) expect(log).toMatch(new RegExp(`^slurm: ${phase} job \\d+ waiting in the queue \\(JobHeldUser\\)$`, 'm'));
+    // The run log said why the job waited, and it waited once: the evaluator ran in the same job.
+    expect(log.match(/^slurm: job \d+ waiting in the queue \(JobHeldUser\)$/gm)).toHaveLength(1);
   }, 240_000);
 
   it('records a job cancelled outside the server as crashed with the cause, and the next run goes on', async () => {
@@ -503,11 +566,11 @@ while len(list(pathlib.Path(${JSON.stringify(meet)}).iterdir())) < 2:
     const id = peekNextId();
     const pending = runTrain(s, runner, trainPy(s, {}, { beforeBatch: 'time.sleep(600)' }));
     const dir = join(s.runs, String(id));
-    await waitUntil(() => jobIdIn(dir, 'supervise') !== undefined, 60, 'the supervise job to start');
-    execFileSync('scancel', [jobIdIn(dir, 'supervise')!]);
+    await waitUntil(() => jobIdIn(dir) !== undefined, 60, 'the job to start');
+    execFileSync('scancel', [jobIdIn(dir)!]);
     const { outcome } = await pending;
     expect(outcome.status).toBe('crashed');
-    expect(outcome.error).toMatch(/the supervisor \(supervise.py\) ran as Slurm job \d+, which ended CANCELLED: the job was cancelled outside this server/);
+    expect(outcome.error).toMatch(/the supervisor \(supervise.py\) ran in Slurm job \d+, which ended CANCELLED: the job was cancelled outside this server/);
     const next = await runTrain(s, runner, trainPy(s, { val_bpb: 1.3 }));
     expect(next.outcome.status).toBe('succeeded');
   }, 120_000);
@@ -515,12 +578,12 @@ while len(list(pathlib.Path(${JSON.stringify(meet)}).iterdir())) < 2:
   it('records a job lost to a node failure as crashed with the cause', async () => {
     const runner = makeRunner(s, 'bwrap', { slurm: SLURM });
     const { dir, pending } = await startSleepingRun(s, runner);
-    const node = execFileSync('squeue', ['-h', '-j', jobIdIn(dir, 'supervise')!, '-o', '%N'], { encoding: 'utf8' }).trim();
+    const node = execFileSync('squeue', ['-h', '-j', jobIdIn(dir)!, '-o', '%N'], { encoding: 'utf8' }).trim();
     execFileSync('scontrol', ['update', `nodename=${node}`, 'state=down', 'reason=autoresearch-test']);
     try {
       const { outcome } = await pending;
       expect(outcome.status).toBe('crashed');
-      expect(outcome.error).toMatch(/ran as Slurm job \d+, which ended NODE_FAIL: the node running the job failed/);
+      expect(outcome.error).toMatch(/ran in Slurm job \d+, which ended NODE_FAIL: the node running the job failed/);
       await expectNoProcessesOf(dir);
     } finally {
       // ReturnToService=2 may have brought it back already; "resume" then says the state is invalid.
@@ -565,7 +628,7 @@ describe('the server with --backend slurm, on a loopback cluster (smoke profile,
     if (server) await closeServer(server);
   });
 
-  it('runs the baseline as Slurm jobs and records its result like a local run', async () => {
+  it('runs the baseline as a Slurm job and records its result like a local run', async () => {
     const run = await ok(server.client, 'run_experiment', { description: 'baseline on slurm' });
     const done = await waitFinished(server.client, run.experiment.id);
     expectSucceeded(done);
@@ -573,24 +636,24 @@ describe('the server with --backend slurm, on a loopback cluster (smoke profile,
     expect(row).toMatchObject({ status: 'succeeded', sandboxed: 1 });
     expect(row.val_bpb).toBeGreaterThan(0);
     const log = readFileSync(row.log_path, 'utf8');
-    expect(log).toMatch(/^slurm: supervise job \d+ on /m);
-    // the run's audit event names both jobs, as the run log does
-    const jobs = { supervise: /^slurm: supervise job (\d+) /m.exec(log)?.[1], evaluate: /^slurm: evaluate job (\d+) /m.exec(log)?.[1] };
+    // the run's audit event names its job, as the run log does
+    const job = /^slurm: job (\d+) on /m.exec(log)?.[1];
+    expect(job).toBeDefined();
     const events = queryState(workspace, "SELECT method, message, result FROM audit_log WHERE kind = 'event' AND experiment_id = ?", run.experiment.id);
-    expect(events).toEqual([{ method: 'run_finished', message: `succeeded as Slurm jobs supervise ${jobs.supervise}, evaluate ${jobs.evaluate}`, result: JSON.stringify({ slurm_jobs: jobs }) }]);
+    expect(events).toEqual([{ method: 'run_finished', message: `succeeded as Slurm job ${job}`, result: JSON.stringify({ slurm_job: job }) }]);
   }, 300_000);
 
   it('records a job lost by the cluster as crashed with the cause, in the row and the audit log', async () => {
     const run = await ok(server.client, 'run_experiment', { description: 'lost on slurm' });
     const id = run.experiment.id as number;
     const dir = join(workspace, '.autoresearch', 'runs', String(id));
-    await waitUntil(() => jobIdIn(dir, 'supervise') !== undefined, 120, 'the supervise job to start');
-    execFileSync('scancel', [jobIdIn(dir, 'supervise')!]);
+    await waitUntil(() => jobIdIn(dir) !== undefined, 120, 'the job to start');
+    execFileSync('scancel', [jobIdIn(dir)!]);
     const done = await waitFinished(server.client, id);
     expect(done.status).toBe('crashed');
-    expect(done.error).toMatch(/ran as Slurm job \d+, which ended CANCELLED: the job was cancelled outside this server/);
+    expect(done.error).toMatch(/ran in Slurm job \d+, which ended CANCELLED: the job was cancelled outside this server/);
     const events = queryState(workspace, "SELECT method, message, result FROM audit_log WHERE kind = 'event' AND experiment_id = ?", id);
-    expect(events).toEqual([{ method: 'run_crashed', message: done.error, result: JSON.stringify({ slurm_jobs: { supervise: jobIdIn(dir, 'supervise') } }) }]);
+    expect(events).toEqual([{ method: 'run_crashed', message: done.error, result: JSON.stringify({ slurm_job: jobIdIn(dir) }) }]);
   }, 300_000);
 
   it('cancels the jobs a killed server left running when the next server starts, and records why', async () => {
@@ -600,9 +663,9 @@ describe('the server with --backend slurm, on a loopback cluster (smoke profile,
     const run = await ok(server.client, 'run_experiment', { description: 'left running by a killed server' });
     const id = run.experiment.id as number;
     const dir = join(workspace, '.autoresearch', 'runs', String(id));
-    await waitUntil(() => jobIdIn(dir, 'supervise') !== undefined && existsSync(join(dir, 'slurm', 'supervise.jobid')), 120, 'the supervise job to start');
-    const job = jobIdIn(dir, 'supervise')!;
-    expect(readFileSync(join(dir, 'slurm', 'supervise.jobid'), 'utf8')).toBe(`${job}\n`);
+    await waitUntil(() => jobIdIn(dir) !== undefined && existsSync(join(dir, 'slurm', 'job.jobid')), 120, 'the job to start');
+    const job = jobIdIn(dir)!;
+    expect(readFileSync(join(dir, 'slurm', 'job.jobid'), 'utf8')).toBe(`${job}\n`);
     // The server dies without a word (its job goes on); the next one finds the run in the record.
     const pid = server.transport.pid as number;
     process.kill(pid, 'SIGKILL');

@@ -51,7 +51,7 @@ export interface LabOptions {
    */
   unsandboxed?: boolean;
   /**
-   * Run each experiment as Slurm jobs (src/core/slurm.ts) instead of local processes; `slots`
+   * Run each experiment as a Slurm job (src/core/slurm.ts) instead of local processes; `slots`
    * then bounds how many are submitted at once. `sharedDir`: the folder the cluster's nodes mount
    * at the same path; the workspace and its data must be under it.
    */
@@ -960,7 +960,7 @@ export class Lab extends EventEmitter {
         depth: summary.depth,
         seed: outcome.seed,
         sandboxed: outcome.sandboxed,
-      }, outcome.slurmJobs);
+      }, outcome.slurmJob);
     } catch (error) {
       this.finish(id, { status: 'crashed', error: `the server could not run it: ${(error as Error).message}`, finishedAt: Date.now() });
     }
@@ -1019,18 +1019,17 @@ export class Lab extends EventEmitter {
    * still closed as crashed, never left running. An experiment already finished (cancelled while
    * its process was still stopping) keeps its first outcome.
    */
-  private finish(id: number, finished: Parameters<Store['markFinished']>[1], slurmJobs?: Record<string, string>): void {
+  private finish(id: number, finished: Parameters<Store['markFinished']>[1], slurmJob?: string): void {
     const current = this.store.getExperiment(id);
     if (!current || isFinishedStatus(current.status)) return;
-    // With Slurm, the run's event names its jobs (by phase), so the record leads to sacct and the logs.
-    const result = slurmJobs && Object.keys(slurmJobs).length > 0 ? { slurm_jobs: slurmJobs } : undefined;
+    // With Slurm, the run's event names its job, so the record leads to sacct and the job's output.
+    const result = slurmJob ? { slurm_job: slurmJob } : undefined;
     if (finished.status !== 'succeeded') {
       // Every run that did not produce a result leaves its reason in the audit log, not only in its row.
       const method = RUN_EVENTS[finished.status as keyof typeof RUN_EVENTS] ?? `run_${finished.status}`;
       this.store.audit.append({ transport: 'cli', kind: 'event', method, experimentId: id, message: finished.error, result, isError: finished.status !== 'cancelled' });
     } else if (result) {
-      const jobs = Object.entries(result.slurm_jobs).map(([phase, job]) => `${phase} ${job}`).join(', ');
-      this.store.audit.append({ transport: 'cli', kind: 'event', method: 'run_finished', experimentId: id, message: `succeeded as Slurm jobs ${jobs}`, result });
+      this.store.audit.append({ transport: 'cli', kind: 'event', method: 'run_finished', experimentId: id, message: `succeeded as Slurm job ${slurmJob}`, result });
     }
     try {
       this.store.markFinished(id, finished);

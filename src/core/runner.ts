@@ -7,7 +7,7 @@ import { dirname, join } from 'node:path';
 import { sha256, sha256File } from './hashing.js';
 import { PACKAGE_ROOT } from './paths.js';
 import { cleanRunFolder, runFolder, writeRunFolder, writeSpec, type RunFolder, type SupervisorSpec } from './run-folder.js';
-import { jobFiles, SLURM_CUDA_VISIBLE_DEVICES, SlurmJob, timeLimitMinutes, type SlurmOptions } from './slurm.js';
+import { jobFiles, phaseFiles, SLURM_CUDA_VISIBLE_DEVICES, SlurmJob, timeLimitMinutes, type SlurmOptions } from './slurm.js';
 import {
   EVAL_DATA,
   EVAL_IN,
@@ -111,8 +111,8 @@ export interface RunOutcome {
   hashes?: Record<string, string>;
   supervisor?: SupervisorReport;
   evaluation?: EvaluatorResult;
-  /** With the Slurm backend: the job id of each phase that was submitted (supervise, evaluate). */
-  slurmJobs?: Record<string, string>;
+  /** With the Slurm backend: the id of the run's job, once sbatch gave one. */
+  slurmJob?: string;
 }
 
 export interface RunRequest {
@@ -358,22 +358,21 @@ interface ActiveRun {
   /** Why it was stopped when not by this server (Slurm's own time limit). */
   stopCause?: string;
   progress?: RunProgress;
-  /** Slurm job ids by phase, as sbatch gave them. */
-  slurmJobs?: Record<string, string>;
-  /** The run's wall-clock ceiling; it stands still while a Slurm job of the run waits in the queue. */
+  /** The run's Slurm job id, as sbatch gave it. */
+  slurmJob?: string;
+  /** The run's wall-clock ceiling; it stands still while the run's Slurm job waits in the queue. */
   ceiling?: Ceiling;
 }
 
 /**
- * A wall-clock ceiling that runs only while none of the run's phases is waiting in a Slurm queue:
- * on a busy cluster a job may wait for hours before it starts, and that wait is not the run's doing.
+ * A wall-clock ceiling that does not run while the run's Slurm job waits in the queue: on a busy
+ * cluster a job may wait for hours before it starts, and that wait is not the run's doing.
  * Slurm's own time limit, which counts from the job's start, stays the backstop. Local runs never wait.
  */
 export class Ceiling {
   private timer?: NodeJS.Timeout;
   private remainingMs: number;
   private armedAt = 0;
-  private readonly waiting = new Set<string>();
   private done = false;
 
   constructor(ms: number, private readonly expire: () => void) {
@@ -381,11 +380,9 @@ export class Ceiling {
     this.arm();
   }
 
-  /** A phase's job entered (true) or left (false) the queue. */
-  waitingInQueue(phase: string, pending: boolean): void {
-    if (pending) this.waiting.add(phase);
-    else this.waiting.delete(phase);
-    if (this.waiting.size > 0) this.pause();
+  /** The run's job entered (true) or left (false) the queue. */
+  waitingInQueue(pending: boolean): void {
+    if (pending) this.pause();
     else this.arm();
   }
 
@@ -418,7 +415,7 @@ export class Ceiling {
 }
 
 interface PhaseOptions {
-  /** supervise | evaluate: names a Slurm job and its files. */
+  /** supervise | evaluate: names the phase's files in a Slurm job. */
   name: 'supervise' | 'evaluate';
   cwd: string;
   env: Record<string, string>;
@@ -426,6 +423,13 @@ interface PhaseOptions {
   /** A pipe on stdin, for go(). */
   stdin?: boolean;
   onStart?: (pid: number) => void;
+}
+
+/** A phase to start: the command, its arguments, and how. */
+interface PhaseCommand {
+  command: string;
+  args: string[];
+  how: PhaseOptions;
 }
 
 /** A phase's process, started: `exit` settles when it has ended (its process group killed). */
@@ -443,7 +447,7 @@ interface Exit {
   signal: string | null;
   /** What the child wrote on the piped fd (stdout for the supervisor, fd 3 for the evaluator). */
   output: string;
-  /** Why it never ran or never reported its own exit, as a verb phrase ("could not be started (...)", "ran as Slurm job 5, which ended NODE_FAIL: ..."). */
+  /** Why it never ran or never reported its own exit, as a verb phrase ("could not be started (...)", "ran in Slurm job 5, which ended NODE_FAIL: ..."). */
   spawnError?: string;
 }
 
@@ -548,7 +552,7 @@ export class ProcessRunner extends EventEmitter {
       active.ceiling = new Ceiling(this.options.ceilingSeconds * 1000, () => this.stop(request.experimentId, 'timed_out'));
       try {
         const outcome = await this.phases(request, folder, active, facts, python, onStart, base, standby);
-        return active.slurmJobs ? { ...outcome, slurmJobs: { ...active.slurmJobs } } : outcome;
+        return active.slurmJob ? { ...outcome, slurmJob: active.slurmJob } : outcome;
       } finally {
         active.ceiling.clear();
         stopTail();
@@ -621,7 +625,8 @@ export class ProcessRunner extends EventEmitter {
     const active: ActiveRun = { children: new Set() };
     const supervisorArgs = [join(this.options.harnessDir, 'supervise.py'), '--spec', folder.spec, '--standby'];
     const phase = this.startPhase(active, this.options.python, supervisorArgs, folder, { name: 'supervise', cwd: folder.root, env: this.hostEnv(), resultFd: 1, stdin: true });
-    const evaluator = this.startEvaluator(active, folder, slot, facts, python);
+    const evaluation = this.evaluatorPhase(folder, slot, facts, python);
+    const evaluator = this.startPhase(active, evaluation.command, evaluation.args, folder, evaluation.how);
     const ready = new Promise<boolean>((resolve) => {
       const marker = join(folder.root, 'ready');
       const poll = setInterval(() => {
@@ -660,10 +665,10 @@ export class ProcessRunner extends EventEmitter {
   ): Promise<RunOutcome> {
     // ---- phase 2's process starts first: evaluate.py waits beside the trainer for "go", so that
     // its interpreter and torch import are not between the hand-over and the result (a
-    // pre-started trainer comes with its evaluator, started with it) ----
-    const evaluator = standby?.evaluator ?? this.startEvaluator(active, folder, request.slot, facts, python);
+    // pre-started trainer comes with its evaluator, started with it; with Slurm both are one job) ----
+    const { evaluator, supervisor } = standby ? { evaluator: standby.evaluator, supervisor: standby.phase } : this.startPhases(active, folder, request.slot, facts, python, onStart);
     try {
-      return await this.supervisedThenEvaluated(folder, active, onStart, base, evaluator, standby, request.slot);
+      return await this.supervisedThenEvaluated(folder, active, onStart, base, evaluator, supervisor, standby, request.slot);
     } finally {
       // Never told to go (the trainer failed, the run was stopped): it ends without a result.
       evaluator.stop();
@@ -671,16 +676,32 @@ export class ProcessRunner extends EventEmitter {
     }
   }
 
+  /**
+   * A run's two processes: evaluate.py --wait in its sandbox, with a seed drawn now (it scores the
+   * hand-over only after `go`), and supervise.py, which starts the trainer. Locally each is its
+   * own process group; with Slurm both are one job.
+   */
+  private startPhases(active: ActiveRun, folder: RunFolder, slot: Slot, facts: HostFacts, python: PythonLayout, onStart: (pid: number) => void): { evaluator: StartedPhase; supervisor: StartedPhase } {
+    const phases: PhaseCommand[] = [
+      this.evaluatorPhase(folder, slot, facts, python),
+      {
+        command: this.options.python,
+        args: [join(this.options.harnessDir, 'supervise.py'), '--spec', folder.spec],
+        how: { name: 'supervise', cwd: this.sandboxed ? folder.root : folder.scratch, env: this.hostEnv(), resultFd: 1, onStart },
+      },
+    ];
+    const [evaluator, supervisor] = this.options.slurm ? this.startJob(this.options.slurm, active, phases, folder) : phases.map((p) => this.startPhase(active, p.command, p.args, folder, p.how));
+    return { evaluator, supervisor };
+  }
+
   /** evaluate.py --wait in its sandbox, with a seed drawn now: it scores the hand-over only after `go`. */
-  private startEvaluator(active: ActiveRun, folder: RunFolder, slot: Slot, facts: HostFacts, python: PythonLayout): StartedPhase {
+  private evaluatorPhase(folder: RunFolder, slot: Slot, facts: HostFacts, python: PythonLayout): PhaseCommand {
     const evaluation = this.evaluatorCommand(folder, slot, randomInt(1, 2 ** 31 - 1), facts, python);
-    return this.startPhase(active, evaluation.command, [...evaluation.args, '--wait'], folder, {
-      name: 'evaluate',
-      cwd: folder.root,
-      env: this.sandboxed ? {} : evaluation.env,
-      resultFd: 3,
-      stdin: true,
-    });
+    return {
+      command: evaluation.command,
+      args: [...evaluation.args, '--wait'],
+      how: { name: 'evaluate', cwd: folder.root, env: this.sandboxed ? {} : evaluation.env, resultFd: 3, stdin: true },
+    };
   }
 
   private async supervisedThenEvaluated(
@@ -689,31 +710,21 @@ export class ProcessRunner extends EventEmitter {
     onStart: (pid: number) => void,
     base: Omit<RunOutcome, 'status' | 'finishedAt'>,
     evaluator: StartedPhase,
+    supervisor: StartedPhase,
     standby: Standby | undefined,
     slot: Slot,
   ): Promise<RunOutcome> {
     // ---- phase 1: supervise.py runs the trainer and measures the budget (a pre-started one is
     // told to go: its trainer has imported torch already; the clocks start now) ----
-    let running: Promise<Exit>;
     if (standby) {
       if (standby.phase.pid !== undefined) onStart(standby.phase.pid);
       standby.phase.go(`go ${folder.spec}`);
-      running = standby.phase.exit;
-    } else {
-      const supervisorArgs = [join(this.options.harnessDir, 'supervise.py'), '--spec', folder.spec];
-      running = this.spawnPhase(active, this.options.python, supervisorArgs, folder, {
-        name: 'supervise',
-        cwd: this.sandboxed ? folder.root : folder.scratch,
-        env: this.hostEnv(),
-        resultFd: 1,
-        onStart,
-      });
     }
     // A GPU slot's next trainer starts while this one trains: its import takes a spare CPU core,
     // not the GPU. A CPU slot's waits until this run is over (run()), so that it takes no CPU
     // from a measured budget or an evaluation.
     if (slot.cudaDevices !== undefined) this.prestart(slot);
-    const supervised = await running;
+    const supervised = await supervisor.exit;
     const finish = (outcome: Partial<RunOutcome> & { status: RunStatus }): RunOutcome => {
       const logTail = readLogTail(folder.log);
       return { ...base, summary: parseSummary(logTail), logTail, finishedAt: Date.now(), ...outcome };
@@ -994,21 +1005,14 @@ export class ProcessRunner extends EventEmitter {
     return { command: this.options.python, args, env };
   }
 
-  /** Spawns one phase and waits for it (startPhase). */
-  private spawnPhase(active: ActiveRun, command: string, args: string[], folder: RunFolder, how: PhaseOptions): Promise<Exit> {
-    return this.startPhase(active, command, args, folder, how).exit;
-  }
-
   /**
-   * Starts one phase as its own process group (and, where util-linux setpriv exists, with a
+   * Starts one phase as a local process group (and, where util-linux setpriv exists, with a
    * parent-death signal, so it dies with a server killed -9); stdout and stderr go to the run
    * log except the result fd, which is collected. With `stdin`, go() writes the line "go" and
    * closes it (evaluate.py --wait; supervise.py --standby gets `go SPEC`).
    */
   private startPhase(active: ActiveRun, command: string, args: string[], folder: RunFolder, how: PhaseOptions): StartedPhase {
-    const prefix = command === this.options.python ? pdeathsigPrefix() : [];
-    const argv = [...prefix, command, ...args];
-    if (this.options.slurm) return this.startJob(this.options.slurm, active, argv, folder, how);
+    const argv = this.phaseArgv(command, args);
     const logFd = openSync(folder.log, 'a');
     let child: ChildProcess;
     try {
@@ -1061,43 +1065,52 @@ export class ProcessRunner extends EventEmitter {
     };
   }
 
+  /** A phase's argv: the harness's Python under a parent-death signal where setpriv exists. */
+  private phaseArgv(command: string, args: string[]): string[] {
+    return [...(command === this.options.python ? pdeathsigPrefix() : []), command, ...args];
+  }
+
   /**
-   * The same phase as a Slurm job (src/core/slurm.ts): the same argv, cwd and environment, run by
-   * a job script that writes the result fd to a file in the run folder and records the exit
-   * status there. A phase that reads its stdin (the evaluator's `go`) is submitted only at go():
-   * queued beside the trainer, it would hold a second allocation for the whole training.
+   * The run's phases as one Slurm job (src/core/slurm.ts): the same argv, cwd and environment
+   * each, started together by a job script that writes each result fd to a file in the run folder
+   * and records each exit status there. A phase's go() writes its stdin file, which the job
+   * script feeds it. Stopping any phase cancels the job: the run is over.
    */
-  private startJob(slurm: SlurmOptions, active: ActiveRun, argv: string[], folder: RunFolder, how: PhaseOptions): StartedPhase {
+  private startJob(slurm: SlurmOptions, active: ActiveRun, phases: PhaseCommand[], folder: RunFolder): StartedPhase[] {
     const id = folder.root.split('/').filter(Boolean).at(-1) ?? 'run';
     const job = new SlurmJob(
       slurm,
-      { phase: how.name, argv, cwd: how.cwd, env: how.env, resultFd: how.resultFd, stdin: how.stdin ?? false, log: folder.log, files: jobFiles(folder.root, how.name), gpus: this.jobGpus },
-      `autoresearch-${id}-${how.name}`,
+      {
+        log: folder.log,
+        files: jobFiles(folder.root),
+        gpus: this.jobGpus,
+        phases: phases.map(({ command, args, how }) => ({ phase: how.name, argv: this.phaseArgv(command, args), cwd: how.cwd, env: how.env, resultFd: how.resultFd, stdin: how.stdin ?? false, files: phaseFiles(folder.root, how.name) })),
+      },
+      `autoresearch-${id}`,
       slurm.timeLimitMinutes ?? timeLimitMinutes(this.options.ceilingSeconds),
-      () => active.ceiling?.waitingInQueue(how.name, false),
+      () => active.ceiling?.waitingInQueue(false),
     );
-    let submitted = false;
-    const submit = (line?: string) => {
-      if (submitted) return;
-      submitted = true;
+    const cancel = () => job.cancel();
+    active.children.add(cancel);
+    if (active.stopReason) cancel();
+    else {
       // From submission until the job runs (sbatch, then the queue) the ceiling stands still.
-      active.ceiling?.waitingInQueue(how.name, true);
-      void job.submit(line);
-    };
-    const kill = () => (submitted ? job.cancel() : job.abandon());
-    active.children.add(kill);
-    if (active.stopReason) kill();
-    else if (!how.stdin) submit();
-    const exit = job.ended.then((end): Exit => {
-      active.children.delete(kill);
-      if (end.jobId) active.slurmJobs = { ...active.slurmJobs, [how.name]: end.jobId };
-      if (end.failureStatus === 'timed_out' && !active.stopReason) {
-        active.stopReason = 'timed_out';
-        active.stopCause = `killed by the cluster: Slurm job ${end.jobId} ended ${end.state ?? 'TIMEOUT'} (${end.cause ?? "Slurm's time limit"})`;
-      }
-      return { exitCode: end.exitCode, signal: end.signal, output: end.output, spawnError: end.failure };
-    });
-    return { exit, go: (line = 'go') => submit(line), stop: kill };
+      active.ceiling?.waitingInQueue(true);
+      void job.submit();
+    }
+    void Promise.all(phases.map(({ how }) => job.ended(how.name))).then(() => active.children.delete(cancel));
+    return phases.map(({ how }) => ({
+      exit: job.ended(how.name).then((end): Exit => {
+        if (end.jobId) active.slurmJob = end.jobId;
+        if (end.failureStatus === 'timed_out' && !active.stopReason) {
+          active.stopReason = 'timed_out';
+          active.stopCause = `killed by the cluster: Slurm job ${end.jobId} ended ${end.state ?? 'TIMEOUT'} (${end.cause ?? "Slurm's time limit"})`;
+        }
+        return { exitCode: end.exitCode, signal: end.signal, output: end.output, spawnError: end.failure };
+      }),
+      go: (line = 'go') => void job.go(how.name, line).catch(() => cancel()),
+      stop: cancel,
+    }));
   }
 
   /** Polls the log for progress lines; returns a function that stops polling. */

@@ -1,27 +1,33 @@
 import { execFile } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { appendFile, mkdir, rm, writeFile } from 'node:fs/promises';
+import { appendFile, mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { constants as osConstants } from 'node:os';
 
 /**
- * The Slurm backend: one phase of a run (the supervisor, or the evaluator) as a Slurm batch job
- * instead of a local child process. The pure half (job script, sbatch arguments, the time limit,
- * parsing sbatch/squeue/sacct output, what a job state means for a run) is exported for the unit
- * tests; `SlurmJob` is the impure half (submit, follow, cancel) over the real commands.
+ * The Slurm backend: a run as one Slurm batch job instead of local child processes. The job runs
+ * the run's phases side by side, as a local run does: the evaluator starts with the supervisor and
+ * waits for the server's `go`, so a run waits in the queue once, holds one allocation, and its
+ * evaluator has imported torch by the time training ends. The pure half (job script, sbatch
+ * arguments, the time limit, parsing sbatch/squeue/sacct output, what a job state means for a
+ * run) is exported for the unit tests; `SlurmJob` is the impure half (submit, follow, cancel) over
+ * the real commands.
  *
  * What travels through the shared run folder, since a job has no pipe back to the server:
- *   <R>/slurm/<phase>.sh      the job script (written by the server)
- *   <R>/slurm/<phase>.stdin   the phase's stdin (the evaluator's `go`), written before submission
+ *   <R>/slurm/job.sh          the job script (written by the server)
+ *   <R>/slurm/job.out         Slurm's own output file (the job script's errors, Slurm's messages)
+ *   <R>/slurm/job.jobid       the job id, written by the server once sbatch has answered: a server
+ *                             that restarts cancels the jobs its predecessor left (cancelRecordedJobs)
+ *   <R>/slurm/job.error       why the job script started no phase (no GPU, no run folder)
+ * and for each phase (supervise, evaluate):
+ *   <R>/slurm/<phase>.stdin   the phase's stdin (the evaluator's `go`), written by the server when
+ *                             it decides; the job script feeds it to the phase once it exists
  *   <R>/slurm/<phase>.result  what the phase writes on its result fd (the supervisor's report on
  *                             stdout, the evaluator's result on fd 3)
  *   <R>/slurm/<phase>.exit    the phase's exit status, written by the job script when it ends:
  *                             its absence after the job has left the queue means the job was lost
- *   <R>/slurm/<phase>.out     Slurm's own output file (the job script's errors, Slurm's messages)
- *   <R>/slurm/<phase>.jobid   the job id, written by the server once sbatch has answered: a server
- *                             that restarts cancels the jobs its predecessor left (cancelRecordedJobs)
- *   <R>/slurm/<phase>.error   why the job script did not start the phase (no GPU, no run folder)
- * The phase's stdout/stderr other than the result go to the run log, as locally.
+ * The phases' stdout/stderr other than the result go to the run log, as locally. Every file is
+ * written through a rename, so a reader on another node never sees half of one.
  */
 
 export interface SlurmOptions {
@@ -46,22 +52,30 @@ export interface SlurmOptions {
   timeLimitMinutes?: number;
 }
 
-/** The files of one phase's job in the run folder. */
+/** The files of a run's job in the run folder. */
 export interface JobFiles {
   dir: string;
   script: string;
-  stdin: string;
-  result: string;
-  exit: string;
   out: string;
   jobid: string;
   error: string;
 }
 
-export function jobFiles(runRoot: string, phase: string): JobFiles {
+/** The files of one phase of the job. */
+export interface PhaseFiles {
+  stdin: string;
+  result: string;
+  exit: string;
+}
+
+export function jobFiles(runRoot: string): JobFiles {
   const dir = join(runRoot, 'slurm');
-  const at = (ext: string) => join(dir, `${phase}.${ext}`);
-  return { dir, script: at('sh'), stdin: at('stdin'), result: at('result'), exit: at('exit'), out: at('out'), jobid: at('jobid'), error: at('error') };
+  return { dir, script: join(dir, 'job.sh'), out: join(dir, 'job.out'), jobid: join(dir, 'job.jobid'), error: join(dir, 'job.error') };
+}
+
+export function phaseFiles(runRoot: string, phase: string): PhaseFiles {
+  const at = (ext: string) => join(runRoot, 'slurm', `${phase}.${ext}`);
+  return { stdin: at('stdin'), result: at('result'), exit: at('exit') };
 }
 
 /**
@@ -76,7 +90,7 @@ export const CUDA_DEVICES_PATTERN = '^[A-Za-z0-9,_-]+$';
 
 /** What one phase runs, as the local runner would spawn it. */
 export interface JobPhase {
-  /** supervise | evaluate: names the files and the job. */
+  /** supervise | evaluate: names the phase's files. */
   phase: string;
   argv: string[];
   cwd: string;
@@ -84,14 +98,25 @@ export interface JobPhase {
   env: Record<string, string>;
   /** 1: the result is stdout (the supervisor); 3: fd 3 (the evaluator), stdout to the log. */
   resultFd: 1 | 3;
-  /** Whether the phase reads its stdin file (else /dev/null). */
+  /**
+   * Whether the phase waits for the server's word on its stdin (the evaluator's `go`): the job
+   * script starts it at once and feeds it its stdin file once the server has written it. Else
+   * its stdin is /dev/null.
+   */
   stdin: boolean;
+  files: PhaseFiles;
+}
+
+/** A run's job: its phases, started together, each to its own end. */
+export interface RunJob {
+  /** The run log, where the phases' output and the job's own lines go. */
   log: string;
   files: JobFiles;
+  phases: JobPhase[];
   /**
-   * The job requested GPUs: the script refuses to start the phase without CUDA_VISIBLE_DEVICES
-   * from Slurm, and puts its value where the server wrote SLURM_CUDA_VISIBLE_DEVICES (argv words,
-   * environment values, and the spec file named after `--spec` in argv).
+   * The job requested GPUs: the script starts no phase without CUDA_VISIBLE_DEVICES from Slurm,
+   * and puts its value where the server wrote SLURM_CUDA_VISIBLE_DEVICES (argv words, environment
+   * values, and the spec file named after `--spec` in a phase's argv).
    */
   gpus?: boolean;
 }
@@ -126,62 +151,81 @@ export function shellQuote(word: string): string {
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
+/** How often a job script looks for a waiting phase's stdin file (the server's `go`). */
+const STDIN_POLL_SECONDS = 0.05;
+
 /**
- * The batch script of one phase. It records where it runs in the run log (job id, node, the
- * GPUs Slurm gave it), runs the phase with exactly its environment, and writes the exit status
- * last through a rename, so a half-written status is never read. Nothing in it comes from the
- * agent: every word is the server's, quoted.
+ * The batch script of a run's job. It records where it runs in the run log (job id, node, the
+ * GPUs Slurm gave it), then starts every phase at once with exactly its environment, and writes
+ * each phase's exit status when that phase ends, through a rename, so a half-written status is
+ * never read. A phase that waits for the server's word gets its stdin file once it exists. Nothing
+ * in the script comes from the agent: every word is the server's, quoted.
  *
- * The phase runs as its own process group (bash job control, `set -m`, which also leaves its
+ * Each phase runs as its own process group (bash job control, `set -m`, which also leaves its
  * SIGINT alone), and a TERM, INT or HUP to the script (scancel, the job's end) or the script's own
- * exit kills that group: a cluster whose
- * process tracking follows only the script's process group or parent links loses none of the
- * run's processes. (The sandboxed trainer is its own session under supervise.py; bwrap's
- * --die-with-parent and the supervisor's parent-death signal end it with the supervisor.)
+ * exit kills those groups: a cluster whose process tracking follows only the script's process
+ * group or parent links loses none of the run's processes. (The sandboxed trainer is its own
+ * session under supervise.py; bwrap's --die-with-parent and the supervisor's parent-death signal
+ * end it with the supervisor.)
  *
  * With `gpus`, CUDA_VISIBLE_DEVICES as Slurm set it must be a non-empty list of [A-Za-z0-9,_-]
  * (indices, GPU UUIDs, MIG ids); it replaces SLURM_CUDA_VISIBLE_DEVICES in every word, and in the
- * spec file before the phase starts. A job without one fails: the reason in the run log and the
- * .error file, a nonzero exit.
+ * spec files before the phases start. A job without one, or on a node without the run folder,
+ * starts no phase: the reason in the run log and the .error file, every phase's exit nonzero.
  */
-export function jobScript(job: JobPhase): string {
-  for (const name of Object.keys(job.env)) if (!ENV_NAME.test(name)) throw new Error(`environment variable name ${JSON.stringify(name)} cannot be passed to a job`);
+export function jobScript(job: RunJob): string {
   const q = shellQuote;
-  const words = [...Object.entries(job.env).map(([k, v]) => `${k}=${v}`), ...job.argv];
-  if (!job.gpus && words.some((w) => w.includes(SLURM_CUDA_VISIBLE_DEVICES))) throw new Error(`${SLURM_CUDA_VISIBLE_DEVICES} in a job that requests no GPU`);
+  for (const phase of job.phases) {
+    for (const name of Object.keys(phase.env)) if (!ENV_NAME.test(name)) throw new Error(`environment variable name ${JSON.stringify(name)} cannot be passed to a job`);
+  }
+  const wordsOf = (phase: JobPhase) => [...Object.entries(phase.env).map(([k, v]) => `${k}=${v}`), ...phase.argv];
+  if (!job.gpus && job.phases.some((phase) => wordsOf(phase).some((w) => w.includes(SLURM_CUDA_VISIBLE_DEVICES)))) throw new Error(`${SLURM_CUDA_VISIBLE_DEVICES} in a job that requests no GPU`);
   // A word holding the placeholder: its quoted parts around "$gpus", set (and checked) at run time.
   const word = (w: string) => w.split(SLURM_CUDA_VISIBLE_DEVICES).map(q).join('"$gpus"');
-  const stdin = job.stdin ? q(job.files.stdin) : '/dev/null';
-  const redirects = job.resultFd === 1 ? `>${q(job.files.result)} 2>>${q(job.log)}` : `>>${q(job.log)} 2>&1 3>${q(job.files.result)}`;
-  const exit = job.files.exit;
+  const log = q(job.log);
+  /** Writes `value` (a shell word) to `file` through a rename. */
+  const record = (value: string, file: string) => `echo ${value} >${q(`${file}.tmp`)} && mv -f ${q(`${file}.tmp`)} ${q(file)}`;
   const lines = [
     '#!/bin/bash',
-    `# autoresearch-mcp: the ${job.phase} phase of a run, as a Slurm job (src/core/slurm.ts)`,
+    `# autoresearch-mcp: a run (${job.phases.map((p) => p.phase).join(', ')}) as a Slurm job (src/core/slurm.ts)`,
     'PATH=/usr/local/bin:/usr/bin:/bin',
-    `echo "slurm: ${job.phase} job \${SLURM_JOB_ID:-?} on \${SLURMD_NODENAME:-?} CUDA_VISIBLE_DEVICES=\${CUDA_VISIBLE_DEVICES-}" >>${q(job.log)}`,
-    // The phase never started: why, in the log, the .error file and Slurm's output; then the exit.
-    `fail() { echo "slurm: $1" >>${q(job.log)}; echo "slurm: $1" >&2; echo "$1" >${q(`${job.files.error}.tmp`)} && mv -f ${q(`${job.files.error}.tmp`)} ${q(job.files.error)}; echo "$2" >${q(`${exit}.tmp`)} && mv -f ${q(`${exit}.tmp`)} ${q(exit)}; exit "$2"; }`,
-    `cd ${q(job.cwd)} || fail ${q(`cannot enter ${job.cwd} on this node`)} 127`,
+    `echo "slurm: job \${SLURM_JOB_ID:-?} on \${SLURMD_NODENAME:-?} CUDA_VISIBLE_DEVICES=\${CUDA_VISIBLE_DEVICES-}" >>${log}`,
+    // No phase started: why, in the log, the .error file and Slurm's output; every phase's exit.
+    `fail() { echo "slurm: $1" >>${log}; echo "slurm: $1" >&2; ${record('"$1"', job.files.error)}; ${job.phases.map((p) => `${record('"$2"', p.files.exit)}; `).join('')}exit "$2"; }`,
   ];
+  for (const cwd of new Set(job.phases.map((p) => p.cwd))) lines.push(`[ -d ${q(cwd)} ] || fail ${q(`cannot enter ${cwd} on this node`)} 127`);
   if (job.gpus) {
-    const spec = job.argv.indexOf('--spec') >= 0 ? job.argv[job.argv.indexOf('--spec') + 1] : undefined;
     lines.push(
       'gpus=${CUDA_VISIBLE_DEVICES-}',
       `[[ $gpus =~ ${CUDA_DEVICES_PATTERN} ]] || fail "the job requested GPUs but Slurm gave it none it can name (CUDA_VISIBLE_DEVICES='$gpus'): check that the partition has gres gpu and that Slurm sets CUDA_VISIBLE_DEVICES for it" 1`,
     );
-    if (spec !== undefined) {
+    for (const phase of job.phases) {
+      const at = phase.argv.indexOf('--spec');
+      if (at < 0 || at + 1 >= phase.argv.length) continue;
+      const spec = phase.argv[at + 1];
       lines.push(`sed -i "s/${SLURM_CUDA_VISIBLE_DEVICES}/$gpus/g" ${q(spec)} || fail ${q(`could not write the job's GPUs into ${spec}`)} 1`);
     }
   }
   lines.push(
     'set -m',
-    `trap 'kill -KILL -- -"$phase" 2>/dev/null; exit 143' TERM INT HUP`,
-    `trap '[ -n "\${phase-}" ] && kill -KILL -- -"$phase" 2>/dev/null' EXIT`,
-    `env -i ${words.map(word).join(' ')} <${stdin} ${redirects} &`,
-    'phase=$!',
-    'wait "$phase"',
-    'code=$?',
-    `echo "$code" >${q(`${exit}.tmp`)} && mv -f ${q(`${exit}.tmp`)} ${q(exit)}`,
+    'groups=()',
+    `trap 'for g in "\${groups[@]}"; do kill -KILL -- -"$g" 2>/dev/null; done; exit 143' TERM INT HUP`,
+    `trap 'for g in "\${groups[@]}"; do kill -KILL -- -"$g" 2>/dev/null; done' EXIT`,
+  );
+  for (const phase of job.phases) {
+    const stdin = phase.stdin ? `< <(until [ -e ${q(phase.files.stdin)} ]; do sleep ${STDIN_POLL_SECONDS}; done; cat ${q(phase.files.stdin)})` : '</dev/null';
+    const redirects = phase.resultFd === 1 ? `>${q(phase.files.result)} 2>>${log}` : `>>${log} 2>&1 3>${q(phase.files.result)}`;
+    lines.push(
+      `# ${phase.phase}${phase.stdin ? ": starts now, reads its stdin once the server has written it" : ''}`,
+      `(cd ${q(phase.cwd)} && env -i ${wordsOf(phase).map(word).join(' ')} ${stdin} ${redirects}; code=$?; ${record('"$code"', phase.files.exit)}; exit "$code") &`,
+      'groups+=($!)',
+    );
+  }
+  // The job's own exit status: the first phase's that failed. An ended phase's group is dropped,
+  // so the exit trap signals no group id a later process may have taken.
+  lines.push(
+    'code=0',
+    'for i in "${!groups[@]}"; do wait "${groups[i]}"; c=$?; unset \'groups[i]\'; [ "$code" -eq 0 ] && code=$c; done',
     'exit "$code"',
     '',
   );
@@ -212,11 +256,11 @@ export function sbatchArgsProblem(words: string[]): string | undefined {
   return undefined;
 }
 
-/** sbatch's arguments for a phase's job (the script path last). */
-export function sbatchArgs(options: SlurmOptions, job: JobPhase, name: string, minutes: number): string[] {
+/** sbatch's arguments for a run's job (the script path last). */
+export function sbatchArgs(options: SlurmOptions, job: RunJob, name: string, minutes: number): string[] {
   const args = ['--parsable', '--job-name', name, '--output', job.files.out, '--time', formatTimeLimit(minutes), '--nodes', '1', '--ntasks', '1'];
   // The job gets no environment of the server's (the script sets every variable it passes on),
-  // and is never requeued: a requeued job would run the phase a second time into the same folder.
+  // and is never requeued: a requeued job would run the phases a second time into the same folder.
   args.push('--export', 'NONE', '--no-requeue');
   if (options.partition) args.push('--partition', options.partition);
   if (options.account) args.push('--account', options.account);
@@ -269,7 +313,7 @@ const ACTIVE_STATES = new Set([
 /** Why a job that ended without its script recording an exit ended, by its final state. */
 const ENDED_CAUSES: Record<string, string> = {
   COMPLETED: 'the job completed, yet its script recorded no exit status: the run folder is probably not on storage this server and the node share',
-  FAILED: 'the job failed before its script recorded an exit status (see the slurm/*.out file in the run folder)',
+  FAILED: 'the job failed before its script recorded an exit status (see slurm/job.out in the run folder)',
   CANCELLED: 'the job was cancelled outside this server (scancel by a user or an administrator)',
   TIMEOUT: "the job reached Slurm's time limit",
   NODE_FAIL: 'the node running the job failed',
@@ -373,50 +417,63 @@ export interface JobEnd {
   failure?: string;
   /** The run status that failure implies (timed_out for Slurm's own time limit). */
   failureStatus?: 'crashed' | 'timed_out';
-  /** The cause alone (failure without "ran as Slurm job N, which ended S: "). */
+  /** The cause alone (failure without "ran in Slurm job N, which ended S: "). */
   cause?: string;
 }
 
 /**
- * One phase as a Slurm job: `submit()` writes the script and submits it, `ended` settles when the
- * job has left the queue (with the phase's exit status and result, or why there are none), and
- * `cancel()` is scancel. Cancelling before submission makes submit() a no-op.
+ * A run as one Slurm job: `submit()` writes the script and submits it, `ended(phase)` settles
+ * when that phase has ended (with its exit status and result) or the job has left the queue
+ * without it (with why), `go(phase, line)` gives a waiting phase its stdin, and `cancel()` is
+ * scancel. Cancelling before submission makes submit() a no-op.
  */
 export class SlurmJob {
-  readonly ended: Promise<JobEnd>;
   jobId?: string;
-  private settle!: (end: JobEnd) => void;
+  private readonly ends = new Map<string, { promise: Promise<JobEnd>; settle: (end: JobEnd) => void; done: boolean }>();
   private cancelled = false;
-  private done = false;
+  private submitted = false;
 
   constructor(
     private readonly options: SlurmOptions,
-    private readonly job: JobPhase,
+    private readonly job: RunJob,
     private readonly name: string,
     private readonly minutes: number,
     /** Called once, when the job leaves the PENDING state (it runs, or it ended while waiting). */
     private readonly onLeftQueue: () => void = () => undefined,
   ) {
-    this.ended = new Promise((resolve) => (this.settle = resolve));
+    for (const phase of job.phases) {
+      let settle!: (end: JobEnd) => void;
+      const promise = new Promise<JobEnd>((resolve) => (settle = resolve));
+      this.ends.set(phase.phase, { promise, settle, done: false });
+    }
   }
 
-  /** Writes the job's files (stdinLine into its stdin file) and submits it; then follows it until it ends. */
-  async submit(stdinLine?: string): Promise<void> {
-    if (this.cancelled) return this.finish({ exitCode: null, signal: null, output: '', failure: 'was cancelled before it was submitted to Slurm' });
+  /** Settles when the phase has ended, or the job has without it. */
+  ended(phase: string): Promise<JobEnd> {
+    const end = this.ends.get(phase);
+    if (!end) throw new Error(`the job has no phase ${phase}`);
+    return end.promise;
+  }
+
+  /** Writes the job's files and submits it; then follows it until every phase has ended. */
+  async submit(): Promise<void> {
+    if (this.submitted) return;
+    this.submitted = true;
+    if (this.cancelled) return this.finishAll({ exitCode: null, signal: null, output: '', failure: 'was cancelled before it was submitted to Slurm' });
     const files = this.job.files;
     try {
       await mkdir(files.dir, { recursive: true });
-      await Promise.all([files.result, files.exit, `${files.exit}.tmp`, files.stdin, files.jobid, files.error].map((p) => rm(p, { force: true })));
-      if (this.job.stdin) await writeFile(files.stdin, stdinLine === undefined ? '' : `${stdinLine}\n`);
+      const stale = [files.jobid, files.error, `${files.error}.tmp`, ...this.job.phases.flatMap((p) => [p.files.stdin, `${p.files.stdin}.tmp`, p.files.result, p.files.exit, `${p.files.exit}.tmp`])];
+      await Promise.all(stale.map((path) => rm(path, { force: true })));
       await writeFile(files.script, jobScript(this.job), { mode: 0o755 });
     } catch (error) {
-      return this.finish({ exitCode: null, signal: null, output: '', failure: `could not be submitted to Slurm: its job files could not be written in ${files.dir} (${(error as Error).message}); the run folder must be writable and on storage the cluster's nodes share` });
+      return this.finishAll({ exitCode: null, signal: null, output: '', failure: `could not be submitted to Slurm: its job files could not be written in ${files.dir} (${(error as Error).message}); the run folder must be writable and on storage the cluster's nodes share` });
     }
     const submitted = await runCommand('sbatch', sbatchArgs(this.options, this.job, this.name, this.minutes));
     const id = submitted.code === 0 ? parseSbatch(submitted.stdout) : undefined;
     if (!id) {
       const why = submitted.missing ?? (submitted.code === 0 ? `sbatch answered without a job id (${submitted.stdout.trim() || 'nothing'})` : sbatchRefusal(submitted.stderr, this.options));
-      return this.finish({ exitCode: null, signal: null, output: '', failure: `could not be submitted to Slurm: ${why}` });
+      return this.finishAll({ exitCode: null, signal: null, output: '', failure: `could not be submitted to Slurm: ${why}` });
     }
     this.jobId = id;
     // For a server that restarts after this one died: it cancels the jobs its run folders name.
@@ -425,17 +482,23 @@ export class SlurmJob {
     void this.follow(id);
   }
 
-  /** scancel (SIGTERM to the job's processes, then SIGKILL after the cluster's KillWait). */
-  cancel(): void {
-    if (this.done) return;
-    this.cancelled = true;
-    if (this.jobId) void runCommand('scancel', [this.jobId]);
+  /**
+   * Gives a phase that waits on its stdin its line (the evaluator's `go`), through a rename: the
+   * job script feeds it once the whole file is there.
+   */
+  async go(phase: string, line: string): Promise<void> {
+    const target = this.job.phases.find((p) => p.phase === phase);
+    if (!target?.stdin) throw new Error(`phase ${phase} of the job reads no stdin`);
+    await writeFile(`${target.files.stdin}.tmp`, `${line}\n`);
+    await rename(`${target.files.stdin}.tmp`, target.files.stdin);
   }
 
-  /** Settles without a job: the phase was never submitted (a deferred evaluator stopped before its go). */
-  abandon(): void {
+  /** scancel (SIGTERM to the job's processes, then SIGKILL after the cluster's KillWait); before submission, settles every phase at once. */
+  cancel(): void {
+    if (this.allDone()) return;
     this.cancelled = true;
-    if (!this.jobId) this.finish({ exitCode: null, signal: null, output: '', failure: 'was never submitted to Slurm' });
+    if (!this.submitted) this.finishAll({ exitCode: null, signal: null, output: '', failure: 'was never submitted to Slurm' });
+    else if (this.jobId) void runCommand('scancel', [this.jobId]);
   }
 
   private async follow(id: string): Promise<void> {
@@ -444,12 +507,17 @@ export class SlurmJob {
     let pending = true;
     let saidWhy = '';
     for (;;) {
-      if (existsSync(this.job.files.exit)) {
-        // The script ran the phase to its end (or refused to start it) and said so last.
-        if (pending) this.onLeftQueue();
-        this.finish(this.collect(id, { kind: 'ended', state: 'UNKNOWN', status: 'crashed', cause: 'the job script recorded its exit' }));
-        return;
+      // A phase whose exit file is there ran to its end (or the script refused to start it) and said so last.
+      for (const phase of this.job.phases) {
+        if (!this.ends.get(phase.phase)?.done && existsSync(phase.files.exit)) {
+          if (pending) {
+            pending = false;
+            this.onLeftQueue();
+          }
+          this.finish(phase.phase, this.collect(id, phase, { kind: 'ended', state: 'UNKNOWN', status: 'crashed', cause: 'the job script recorded its exit' }));
+        }
       }
+      if (this.allDone()) return;
       if (Date.now() - askedAt < askEveryMs) {
         await new Promise((r) => setTimeout(r, Math.min(FILE_POLL_MS, askEveryMs)));
         continue;
@@ -460,67 +528,66 @@ export class SlurmJob {
       // While it waits, the run log says why (Resources, Priority, a held job ...), each change once.
       if (pending && verdict.state === 'PENDING' && row && row.reason !== saidWhy) {
         saidWhy = row.reason;
-        await appendFile(this.job.log, `slurm: ${this.job.phase} job ${id} waiting in the queue (${row.reason || 'no reason given'})\n`).catch(() => undefined);
+        await appendFile(this.job.log, `slurm: job ${id} waiting in the queue (${row.reason || 'no reason given'})\n`).catch(() => undefined);
       }
       if (pending && verdict.state !== 'PENDING') {
         pending = false;
         this.onLeftQueue();
       }
       if (verdict.kind === 'ended') {
-        this.finish(this.collect(id, verdict));
+        // Its script may have written the last exit file just before the job ended.
+        for (const phase of this.job.phases) if (!this.ends.get(phase.phase)?.done) this.finish(phase.phase, this.collect(id, phase, verdict));
         return;
       }
     }
   }
 
-  private collect(id: string, verdict: Extract<JobVerdict, { kind: 'ended' }>): JobEnd {
-    const files = this.job.files;
+  private collect(id: string, phase: JobPhase, verdict: Extract<JobVerdict, { kind: 'ended' }>): JobEnd {
+    const files = phase.files;
     const output = existsSync(files.result) ? readFileSync(files.result, 'utf8').slice(0, 1 << 20) : '';
     const recorded = existsSync(files.exit) ? parseExitFile(readFileSync(files.exit, 'utf8')) : undefined;
     const state = verdict.state === 'UNKNOWN' ? undefined : verdict.state;
-    // The script did not start the phase (no GPU, no run folder on the node): its reason.
-    const refused = existsSync(files.error) ? readFileSync(files.error, 'utf8').trim().slice(0, 2000) : '';
+    // The script started no phase (no GPU, no run folder on the node): its reason.
+    const refused = existsSync(this.job.files.error) ? readFileSync(this.job.files.error, 'utf8').trim().slice(0, 2000) : '';
     if (refused && !this.cancelled) {
-      return { exitCode: recorded?.exitCode ?? null, signal: recorded?.signal ?? null, output, jobId: id, state, failure: `ran as Slurm job ${id}, whose script did not start it: ${refused}`, failureStatus: 'crashed', cause: refused };
+      return { exitCode: recorded?.exitCode ?? null, signal: recorded?.signal ?? null, output, jobId: id, state, failure: `ran in Slurm job ${id}, whose script did not start it: ${refused}`, failureStatus: 'crashed', cause: refused };
     }
-    // A script that recorded its exit ran the phase to its end, whatever state the job then got.
+    // A phase whose exit the script recorded ran to its end, whatever state the job then got.
     if (recorded && verdict.state !== 'TIMEOUT') return { ...recorded, output, jobId: id, state };
     const cause = this.cancelled ? 'the server cancelled it' : verdict.cause;
-    const failure = `ran as Slurm job ${id}, which ended ${verdict.state === 'UNKNOWN' ? 'out of sight' : verdict.state}: ${cause}`;
+    const failure = `ran in Slurm job ${id}, which ended ${verdict.state === 'UNKNOWN' ? 'out of sight' : verdict.state}: ${cause}`;
     return { exitCode: recorded?.exitCode ?? null, signal: recorded?.signal ?? null, output, jobId: id, state, failure, failureStatus: verdict.status, cause };
   }
 
-  private finish(end: JobEnd): void {
-    if (this.done) return;
-    this.done = true;
-    this.settle(end);
+  private allDone(): boolean {
+    return [...this.ends.values()].every((end) => end.done);
+  }
+
+  private finish(phase: string, end: JobEnd): void {
+    const entry = this.ends.get(phase);
+    if (!entry || entry.done) return;
+    entry.done = true;
+    entry.settle(end);
+  }
+
+  private finishAll(end: JobEnd): void {
+    for (const phase of this.ends.keys()) this.finish(phase, end);
   }
 }
 
-/** The phases whose job ids a run folder records (slurm/<phase>.jobid), in phase order. */
-export const JOB_PHASES = ['supervise', 'evaluate'] as const;
-
 /**
- * For a server that starts after one that died: cancels the jobs a run folder names that the
- * cluster still runs or queues (scancel), so that no run of the dead server goes on unwatched.
+ * For a server that starts after one that died: cancels the job a run folder names if the
+ * cluster still runs or queues it (scancel), so that no run of the dead server goes on unwatched.
  * Returns the ids cancelled and those that had ended already; undefined when the folder names
  * no job (never submitted, or not a Slurm run).
  */
 export async function cancelRecordedJobs(runRoot: string): Promise<{ cancelled: string[]; ended: string[] } | undefined> {
-  const ids = JOB_PHASES.map((phase) => jobFiles(runRoot, phase).jobid)
-    .filter((file) => existsSync(file))
-    .map((file) => readFileSync(file, 'utf8').trim())
-    .filter((id) => parseSbatch(id) === id);
-  if (ids.length === 0) return undefined;
-  const cancelled: string[] = [];
-  const ended: string[] = [];
-  for (const id of ids) {
-    if (jobVerdict((await jobState(id))?.state).kind === 'active') {
-      await runCommand('scancel', [id]);
-      cancelled.push(id);
-    } else ended.push(id);
-  }
-  return { cancelled, ended };
+  const file = jobFiles(runRoot).jobid;
+  const id = existsSync(file) ? readFileSync(file, 'utf8').trim() : '';
+  if (parseSbatch(id) !== id || !id) return undefined;
+  if (jobVerdict((await jobState(id))?.state).kind !== 'active') return { cancelled: [], ended: [id] };
+  await runCommand('scancel', [id]);
+  return { cancelled: [id], ended: [] };
 }
 
 /** The cause recorded for a run whose jobs a restarted server found (cancelRecordedJobs). */
