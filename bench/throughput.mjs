@@ -12,7 +12,7 @@
 // THROUGHPUT_SERVER_ARGS adds server arguments (e.g. "--backend slurm --slurm-shared-dir /srv").
 // Usage: npm run build && node bench/throughput.mjs [slot counts, e.g. 1,2,4,8] [experiments per count] [think seconds] [agents per slot]
 //        (writes bench/results-throughput-<host>[-<THROUGHPUT_LABEL>].json)
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ResearchClient } from '../dist/agent/client.js';
@@ -101,6 +101,19 @@ async function measure(slots) {
   }
   const statuses = {};
   for (const e of rows) statuses[e.status] = (statuses[e.status] ?? 0) + 1;
+  const seconds = (values) => (values.length ? +(median(values) / 1000).toFixed(2) : null);
+  // With Slurm, where a run's time goes outside its trainer, from its job's files: the script is
+  // written just before sbatch, Slurm creates job.out when the job starts on its node, and the
+  // script writes evaluate.exit when the evaluator has ended.
+  const jobFile = (e, name) => join(workspace, '.autoresearch', 'runs', String(e.id), 'slurm', name);
+  const modified = (e, name) => (existsSync(jobFile(e, name)) ? statSync(jobFile(e, name)).mtimeMs : undefined);
+  const jobs = rows.map((e) => ({ e, script: modified(e, 'job.sh'), started: modified(e, 'job.out'), evaluated: modified(e, 'evaluate.exit') })).filter((j) => j.script && j.started && j.evaluated);
+  const slurm = jobs.length === 0 ? undefined : {
+    jobs: jobs.length,
+    median_dispatch_to_job_start_seconds: seconds(jobs.map((j) => j.started - j.e.startedAt)),
+    median_submit_to_job_start_seconds: seconds(jobs.map((j) => j.started - j.script)),
+    median_evaluator_end_to_result_seconds: seconds(jobs.map((j) => j.e.finishedAt - j.evaluated)),
+  };
   return {
     slots,
     experiments: rows.length,
@@ -109,6 +122,9 @@ async function measure(slots) {
     experiments_per_hour: +((rows.length / (end - start)) * 3_600_000).toFixed(0),
     median_run_seconds: +(median(rows.map((e) => e.finishedAt - e.startedAt)) / 1000).toFixed(2),
     median_training_seconds: median(rows.map((e) => e.trainingSeconds ?? 0)),
+    median_startup_seconds: median(rows.map((e) => e.startupSeconds ?? 0)),
+    median_eval_seconds: median(rows.map((e) => e.evalSeconds ?? 0)),
+    ...(slurm ? { slurm } : {}),
     gaps_while_waiting: gaps.length,
     median_gap_seconds: gaps.length ? +median(gaps).toFixed(3) : null,
     max_gap_seconds: gaps.length ? +Math.max(...gaps).toFixed(3) : null,
@@ -135,7 +151,7 @@ const report = {
   agents_per_slot: AGENTS_PER_SLOT,
   omp_num_threads: process.env.OMP_NUM_THREADS ?? 'default (one per core; several slots share the cores out)',
   results: results.map((r) => ({ ...r, per_hour_against_linear: one ? +(r.experiments_per_hour / (one.experiments_per_hour * r.slots)).toFixed(3) : null })),
-  note: 'experiments_per_hour: candidates finished over the window from the first start to the last finish. busy_share_while_waiting: a slot\'s run time over its run time plus the gaps between a run\'s end and the next run\'s start where that next candidate was already queued. per_hour_against_linear: experiments_per_hour / (N x the one-slot figure). ' + (HOLD > 0
+  note: 'experiments_per_hour: candidates finished over the window from the first start to the last finish. busy_share_while_waiting: a slot\'s run time over its run time plus the gaps between a run\'s end and the next run\'s start where that next candidate was already queued. per_hour_against_linear: experiments_per_hour / (N x the one-slot figure). median_startup_seconds: the supervisor\'s start-up (the trainer\'s interpreter and imports, from its start to its first batch). slurm (Slurm runs): medians from the job\'s files: the lab\'s start of the run to Slurm creating job.out on the node, job.sh written (just before sbatch) to that, and evaluate.exit written to the run\'s recorded end. ' + (HOLD > 0
     ? `Each run is bench/standin_train.py holding its slot ${HOLD} s asleep (cpu profile: the CPU-time clock does not count the sleep), so slots do not compete for the cores except in start-up and evaluation: the figure is the dispatch's scaling.`
     : "CPU slots share this machine's cores, so more slots than cores cannot scale: the figure measures the dispatch, not GPU scaling."),
 };
