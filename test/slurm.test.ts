@@ -656,31 +656,44 @@ describe('the server with --backend slurm, on a loopback cluster (smoke profile,
     expect(events).toEqual([{ method: 'run_crashed', message: done.error, result: JSON.stringify({ slurm_job: jobIdIn(dir) }) }]);
   }, 300_000);
 
-  it('cancels the jobs a killed server left running when the next server starts, and records why', async () => {
+  it('follows on the jobs a killed server left (one per slot) when the next server starts, cancels the rest, and records both', async () => {
+    await closeServer(server);
+    server = await connect(workspace, ['--backend', 'slurm', '--ceiling-seconds', '120', '--slots', '2'], 'slurm-e2e');
+    // Two runs that sleep 20 s before training: long enough for the server to die and another to start.
     const current = await ok(server.client, 'read_train_py');
     const anchor = /^SOFTCAP = .*$/m.exec(current.text)?.[0] as string;
-    await ok(server.client, 'apply_patch', { edits: [{ search: anchor, replace: `${anchor}\nimport time\ntime.sleep(600)` }] });
-    const run = await ok(server.client, 'run_experiment', { description: 'left running by a killed server' });
-    const id = run.experiment.id as number;
-    const dir = join(workspace, '.autoresearch', 'runs', String(id));
-    await waitUntil(() => jobIdIn(dir) !== undefined && existsSync(join(dir, 'slurm', 'job.jobid')), 120, 'the job to start');
-    const job = jobIdIn(dir)!;
-    expect(readFileSync(join(dir, 'slurm', 'job.jobid'), 'utf8')).toBe(`${job}\n`);
-    // The server dies without a word (its job goes on); the next one finds the run in the record.
+    await ok(server.client, 'apply_patch', { edits: [{ search: anchor, replace: `${anchor}\nimport time\ntime.sleep(20)` }] });
+    const first = (await ok(server.client, 'run_experiment', { description: 'followed on by the next server' })).experiment.id as number;
+    // queueing returns the working train.py to the head: the second change is made from there
+    await ok(server.client, 'apply_patch', { edits: [{ search: anchor, replace: `${anchor}\nimport time\ntime.sleep(21)` }] });
+    const second = (await ok(server.client, 'run_experiment', { description: 'one more than the next server has slots' })).experiment.id as number;
+    const dirs = [first, second].map((id) => join(workspace, '.autoresearch', 'runs', String(id)));
+    await waitUntil(() => dirs.every((dir) => jobIdIn(dir) !== undefined && existsSync(join(dir, 'slurm', 'job.jobid'))), 120, 'both jobs to start');
+    const [followed, cancelled] = dirs.map((dir) => jobIdIn(dir)!);
+    expect(readFileSync(join(dirs[0], 'slurm', 'job.jobid'), 'utf8')).toBe(`${followed}\n`);
+    // The server dies without a word (its jobs go on); the next one, with one slot, finds both runs in the record.
     const pid = server.transport.pid as number;
     process.kill(pid, 'SIGKILL');
     await waitUntil(() => !pidAlive(pid), 30, 'the killed server to be gone');
     await server.client.close().catch(() => undefined);
-    expect(ourActiveJobs().some((line) => line.startsWith(`${job}|`))).toBe(true);
+    expect(ourActiveJobs().filter((line) => line.startsWith(`${followed}|`) || line.startsWith(`${cancelled}|`))).toHaveLength(2);
     server = await connect(workspace, ['--backend', 'slurm', '--ceiling-seconds', '120'], 'slurm-e2e');
-    const [row] = (await ok(server.client, 'get_results', { experiment_id: id })).experiments;
+    // the first is followed to its end and scored as if nothing had happened
+    const done = await waitFinished(server.client, first);
+    expectSucceeded(done);
+    expect(done.val_bpb).toBeGreaterThan(0);
+    // the second, beyond the one slot, was cancelled and says why
+    const [row] = (await ok(server.client, 'get_results', { experiment_id: second })).experiments;
     expect(row.status).toBe('crashed');
-    expect(row.error).toBe(`the server restarted; Slurm job ${job} cancelled`);
-    await waitUntil(() => !ourActiveJobs().some((line) => line.startsWith(`${job}|`)), 30, `job ${job} to leave the queue`);
-    expect(execFileSync('squeue', ['-h', '-t', 'all', '-j', job, '-o', '%T'], { encoding: 'utf8' }).trim()).toMatch(/^CANCELLED$|^$/);
-    await expectNoProcessesOf(dir);
-    const events = queryState(workspace, "SELECT message FROM audit_log WHERE kind = 'event' AND method = 'reconcile' AND experiment_id = ?", id);
-    expect(events).toEqual([{ message: expect.stringContaining(`marked crashed (the server restarted; Slurm job ${job} cancelled)`) }]);
+    expect(row.error).toBe(`the server restarted; Slurm job ${cancelled} cancelled`);
+    await waitUntil(() => ourActiveJobs().length === 0, 30, 'no job of ours left in the queue');
+    for (const dir of dirs) await expectNoProcessesOf(dir);
+    const events = (id: number) => queryState(workspace, "SELECT method, message FROM audit_log WHERE kind = 'event' AND experiment_id = ? ORDER BY seq", id);
+    expect(events(first)).toEqual([
+      { method: 'reconcile', message: `experiment ${first} was running when the server stopped; its Slurm job ${followed} is followed on (re-attached) on slot 0` },
+      { method: 'run_finished', message: `succeeded as Slurm job ${followed}` },
+    ]);
+    expect(events(second)).toEqual([{ method: 'reconcile', message: expect.stringContaining(`marked crashed (the server restarted; Slurm job ${cancelled} cancelled)`) }]);
   }, 300_000);
 
   it('refuses to start a lab on a partition that does not exist, or with the workspace off the shared folder, saying what to do', async () => {

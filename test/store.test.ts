@@ -472,4 +472,18 @@ describe('reconcileOnStart', () => {
     expect(restarted.getExperiment(done.id)?.status).toBe('succeeded');
     expect(restarted.reconcileOnStart(11_000).interrupted).toEqual([]);
   });
+
+  it('leaves running the experiments the new server follows on (re-attached Slurm jobs), with their cause-less rows intact', () => {
+    const store = openWithSession();
+    const followed = queue(store, 'its job goes on');
+    store.markRunning(followed.id, { slot: 0, startedAt: 1_000 });
+    const lost = queue(store, 'its job was cancelled');
+    store.markRunning(lost.id, { slot: 1, startedAt: 2_000 });
+    store.close();
+
+    const restarted = open();
+    const { interrupted } = restarted.reconcileOnStart(10_000, new Map([[lost.id, 'the server restarted; Slurm job 7 cancelled']]), new Set([followed.id]));
+    expect(interrupted.map((e) => [e.id, e.status, e.error])).toEqual([[lost.id, 'crashed', 'the server restarted; Slurm job 7 cancelled']]);
+    expect(restarted.getExperiment(followed.id)).toMatchObject({ status: 'running', slot: 0, startedAt: 1_000, error: null });
+  });
 });

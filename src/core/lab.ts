@@ -17,7 +17,7 @@ import { cpuThreadsPerRun, ProcessRunner, readLogTail, type Budget, type BudgetC
 import { recordedPythonProblem } from './python.js';
 import { sandboxProblem } from './sandbox.js';
 import { deviceFault, drainedMessage, SlotHealth, slotName } from './slot-health.js';
-import { cancelRecordedJobs, restartCause, sharedFolderProblem, slurmProblem, writableProblem, type SlurmOptions } from './slurm.js';
+import { cancelRecordedJobs, recordedJobId, restartCause, sharedFolderProblem, slurmProblem, writableProblem, type SlurmOptions } from './slurm.js';
 import { isFinishedStatus, Store, type Experiment, type NoiseMeasurement } from './store.js';
 import { BASELINE_BRANCH, SESSION_BRANCH_PREFIX, TRAIN_FILE, Workspace, validateSessionTag } from './workspace.js';
 import { resultsTsv } from './report.js';
@@ -189,24 +189,38 @@ export class Lab extends EventEmitter {
     return lab;
   }
 
-  /** Experiments a dead server left running are marked crashed; queued ones run now. */
   /**
    * Repairs what a dead server left behind, before anything new happens: half-done branch moves
    * are completed or abandoned from where the ref actually is; rows still being prepared get
-   * their commit if it was written, else are closed; runs left running are marked crashed (with
-   * Slurm, after their jobs are cancelled: nobody would watch them); queued ones run now.
+   * their commit if it was written, else are closed; runs left running are marked crashed, except
+   * that with Slurm a run whose job was submitted is followed on (re-attached), one per slot, and
+   * the jobs of any beyond the slots are cancelled; queued ones run now.
    */
   private async reconcile(slurm: boolean): Promise<void> {
     await this.repairMoves();
     await this.repairPreparing();
     const causes = new Map<number, string>();
+    const reattach: { experiment: Experiment; job: string }[] = [];
     if (slurm) {
       for (const experiment of this.store.listExperiments({ status: 'running', order: 'id', ascending: true })) {
-        const found = await cancelRecordedJobs(runDir(this.workspace.dir, experiment.id));
+        const folder = runDir(this.workspace.dir, experiment.id);
+        const job = recordedJobId(folder);
+        if (job !== undefined && reattach.length < this.usableSlots().length) {
+          reattach.push({ experiment, job });
+          continue;
+        }
+        const found = await cancelRecordedJobs(folder);
         if (found) causes.set(experiment.id, restartCause(found));
       }
     }
-    const { interrupted, queued } = this.store.reconcileOnStart(Date.now(), causes);
+    const { interrupted, queued } = this.store.reconcileOnStart(Date.now(), causes, new Set(reattach.map(({ experiment }) => experiment.id)));
+    for (const { experiment, job } of reattach) {
+      const slot = this.usableSlots().find((s) => s.index === experiment.slot && !this.busySlots.has(s.index)) ?? this.usableSlots().find((s) => !this.busySlots.has(s.index)) as Slot;
+      const message = `experiment ${experiment.id} was running when the server stopped; its Slurm job ${job} is followed on (re-attached) on slot ${slot.index}`;
+      this.store.audit.append({ transport: 'cli', kind: 'event', method: 'reconcile', experimentId: experiment.id, message });
+      this.log(message);
+      this.startOn(slot, experiment, job);
+    }
     for (const experiment of interrupted) {
       const cause = causes.get(experiment.id);
       this.store.audit.append({
@@ -906,17 +920,22 @@ export class Lab extends EventEmitter {
           (usable.length > 1 && (this.faultedOn.get(e.id)?.has(slot.index) ?? false)),
       );
       if (!next) continue;
-      this.busySlots.set(slot.index, next.id);
-      const run = this.execute(next, slot).finally(() => {
-        this.busySlots.delete(slot.index);
-        this.running.delete(next.id);
-        this.pump();
-      });
-      this.running.set(next.id, run);
+      this.startOn(slot, next);
     }
   }
 
-  private async execute(experiment: Experiment, slot: Slot): Promise<void> {
+  /** Runs an experiment on a slot (or, with `job`, follows its Slurm job on), the slot busy until it ends; then looks for the next. */
+  private startOn(slot: Slot, experiment: Experiment, job?: string): void {
+    this.busySlots.set(slot.index, experiment.id);
+    const run = this.execute(experiment, slot, job).finally(() => {
+      this.busySlots.delete(slot.index);
+      this.running.delete(experiment.id);
+      this.pump();
+    });
+    this.running.set(experiment.id, run);
+  }
+
+  private async execute(experiment: Experiment, slot: Slot, job?: string): Promise<void> {
     const id = experiment.id;
     const folder = runDir(this.workspace.dir, id);
     // A retry after a device fault appends to the same log: only this attempt's lines judge it.
@@ -929,9 +948,9 @@ export class Lab extends EventEmitter {
     try {
       // The server chooses the seed (AUTORESEARCH_SEED through the supervisor).
       const request = { experimentId: id, commit: experiment.candidateCommit, runDir: folder, slot, seed: experiment.seed ?? undefined };
-      const outcome = await this.runner.run(request, (pid) =>
-        this.store.markRunning(id, { slot: slot.index, pid, startedAt: Date.now() }),
-      );
+      const outcome = job
+        ? await this.runner.attach(request, job, experiment.startedAt ?? Date.now())
+        : await this.runner.run(request, (pid) => this.store.markRunning(id, { slot: slot.index, pid, startedAt: Date.now() }));
       if (this.slotFailed(experiment, slot, outcome, logStart)) return;
       const summary = outcome.summary;
       this.finish(id, {

@@ -7,7 +7,7 @@ import { dirname, join } from 'node:path';
 import { sha256, sha256File } from './hashing.js';
 import { PACKAGE_ROOT } from './paths.js';
 import { cleanRunFolder, runFolder, writeRunFolder, writeSpec, type RunFolder, type SupervisorSpec } from './run-folder.js';
-import { jobFiles, phaseFiles, SLURM_CUDA_VISIBLE_DEVICES, SlurmJob, timeLimitMinutes, type SlurmOptions } from './slurm.js';
+import { jobFiles, phaseFiles, SLURM_CUDA_VISIBLE_DEVICES, SlurmJob, timeLimitMinutes, type JobLayout, type SlurmOptions } from './slurm.js';
 import {
   EVAL_DATA,
   EVAL_IN,
@@ -567,6 +567,41 @@ export class ProcessRunner extends EventEmitter {
   }
 
   /**
+   * Follows a run whose Slurm job `jobId` a server that died submitted (its pins were checked, its
+   * folder written, its job script holds its commands): from the job's files on, the same as a run
+   * started here, to the same outcome. The ceiling counts from now; Slurm's time limit, from the
+   * job's start, is the backstop for the time no server watched.
+   */
+  async attach(request: RunRequest, jobId: string, startedAt: number): Promise<RunOutcome> {
+    const slurm = this.options.slurm;
+    if (!slurm) throw new Error('only a Slurm run can be re-attached');
+    const folder = runFolder(request.runDir);
+    const base = { summary: {}, exitCode: null as number | null, signal: null as string | null, startedAt, logTail: '', sandboxed: this.sandboxed, seed: request.seed ?? DEFAULT_SEED };
+    const active: ActiveRun = { children: new Set(), slurmJob: jobId };
+    this.active.set(request.experimentId, active);
+    const stopTail = this.followProgress(request.experimentId, folder.log, active);
+    active.ceiling = new Ceiling(this.options.ceilingSeconds * 1000, () => this.stop(request.experimentId, 'timed_out'));
+    try {
+      const job = new SlurmJob(slurm, runJobLayout(folder), () => active.ceiling?.waitingInQueue(false));
+      const [evaluator, supervisor] = this.followedPhases(job, active, runJobLayout(folder).phases.map((p) => p.phase));
+      active.ceiling.waitingInQueue(true);
+      job.attach(jobId);
+      try {
+        const outcome = await this.supervisedThenEvaluated(folder, active, () => undefined, base, evaluator, supervisor, undefined, request.slot);
+        return { ...outcome, slurmJob: jobId };
+      } finally {
+        evaluator.stop();
+        await evaluator.exit;
+      }
+    } finally {
+      active.ceiling.clear();
+      stopTail();
+      this.active.delete(request.experimentId);
+      await cleanRunFolder(folder).catch(() => undefined);
+    }
+  }
+
+  /**
    * Starts the slot's pre-started trainer unless it has one (or pre-starting is off): its
    * interpreter and torch import then happen while the slot is idle (or, on a GPU slot, while the
    * GPU trains), not between one run and the next. Failures only mean the next run starts cold.
@@ -1073,34 +1108,41 @@ export class ProcessRunner extends EventEmitter {
   /**
    * The run's phases as one Slurm job (src/core/slurm.ts): the same argv, cwd and environment
    * each, started together by a job script that writes each result fd to a file in the run folder
-   * and records each exit status there. A phase's go() writes its stdin file, which the job
-   * script feeds it. Stopping any phase cancels the job: the run is over.
+   * and records each exit status there.
    */
   private startJob(slurm: SlurmOptions, active: ActiveRun, phases: PhaseCommand[], folder: RunFolder): StartedPhase[] {
     const id = folder.root.split('/').filter(Boolean).at(-1) ?? 'run';
-    const job = new SlurmJob(
-      slurm,
-      {
-        log: folder.log,
-        files: jobFiles(folder.root),
-        gpus: this.jobGpus,
-        phases: phases.map(({ command, args, how }) => ({ phase: how.name, argv: this.phaseArgv(command, args), cwd: how.cwd, env: how.env, resultFd: how.resultFd, stdin: how.stdin ?? false, files: phaseFiles(folder.root, how.name) })),
-      },
-      `autoresearch-${id}`,
-      slurm.timeLimitMinutes ?? timeLimitMinutes(this.options.ceilingSeconds),
-      () => active.ceiling?.waitingInQueue(false),
-    );
+    const layout = runJobLayout(folder);
+    const runJob = {
+      ...layout,
+      gpus: this.jobGpus,
+      phases: layout.phases.map((phase) => {
+        const { command, args, how } = phases.find((p) => p.how.name === phase.phase) as PhaseCommand;
+        return { ...phase, argv: this.phaseArgv(command, args), cwd: how.cwd, env: how.env, resultFd: how.resultFd };
+      }),
+    };
+    const job = new SlurmJob(slurm, runJob, () => active.ceiling?.waitingInQueue(false));
+    const started = this.followedPhases(job, active, phases.map(({ how }) => how.name));
+    if (!active.stopReason) {
+      // From submission until the job runs (sbatch, then the queue) the ceiling stands still.
+      active.ceiling?.waitingInQueue(true);
+      void job.submit(runJob, `autoresearch-${id}`, slurm.timeLimitMinutes ?? timeLimitMinutes(this.options.ceilingSeconds));
+    }
+    return started;
+  }
+
+  /**
+   * A job's phases as the runner's phases: each one's exit is its end in the job, its go() writes
+   * its stdin file (which the job script feeds it), and stopping any of them cancels the job: the
+   * run is over.
+   */
+  private followedPhases(job: SlurmJob, active: ActiveRun, names: string[]): StartedPhase[] {
     const cancel = () => job.cancel();
     active.children.add(cancel);
     if (active.stopReason) cancel();
-    else {
-      // From submission until the job runs (sbatch, then the queue) the ceiling stands still.
-      active.ceiling?.waitingInQueue(true);
-      void job.submit();
-    }
-    void Promise.all(phases.map(({ how }) => job.ended(how.name))).then(() => active.children.delete(cancel));
-    return phases.map(({ how }) => ({
-      exit: job.ended(how.name).then((end): Exit => {
+    void Promise.all(names.map((name) => job.ended(name))).then(() => active.children.delete(cancel));
+    return names.map((name) => ({
+      exit: job.ended(name).then((end): Exit => {
         if (end.jobId) active.slurmJob = end.jobId;
         if (end.failureStatus === 'timed_out' && !active.stopReason) {
           active.stopReason = 'timed_out';
@@ -1108,7 +1150,7 @@ export class ProcessRunner extends EventEmitter {
         }
         return { exitCode: end.exitCode, signal: end.signal, output: end.output, spawnError: end.failure };
       }),
-      go: (line = 'go') => void job.go(how.name, line).catch(() => cancel()),
+      go: (line = 'go') => void job.go(name, line).catch(() => cancel()),
       stop: cancel,
     }));
   }
@@ -1144,6 +1186,15 @@ export class ProcessRunner extends EventEmitter {
       poll();
     };
   }
+}
+
+/**
+ * The files of a run's Slurm job and its phases, in the order the job script starts them: the
+ * evaluator first, waiting on stdin for its go (evaluatorPhase), then the supervisor.
+ */
+function runJobLayout(folder: RunFolder): JobLayout {
+  const phase = (name: string, stdin: boolean) => ({ phase: name, stdin, files: phaseFiles(folder.root, name) });
+  return { log: folder.log, files: jobFiles(folder.root), phases: [phase('evaluate', true), phase('supervise', false)] };
 }
 
 let setprivPath: string | null | undefined;

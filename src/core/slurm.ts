@@ -88,16 +88,10 @@ export const SLURM_CUDA_VISIBLE_DEVICES = '@SLURM_CUDA_VISIBLE_DEVICES@';
 /** The values Slurm may give CUDA_VISIBLE_DEVICES that the job script passes on: indices, GPU UUIDs, MIG ids. */
 export const CUDA_DEVICES_PATTERN = '^[A-Za-z0-9,_-]+$';
 
-/** What one phase runs, as the local runner would spawn it. */
-export interface JobPhase {
+/** A phase of a job as the server follows it: its name, files, and whether it waits for a word on stdin. */
+export interface PhaseLayout {
   /** supervise | evaluate: names the phase's files. */
   phase: string;
-  argv: string[];
-  cwd: string;
-  /** The phase's complete environment (the job script clears Slurm's). */
-  env: Record<string, string>;
-  /** 1: the result is stdout (the supervisor); 3: fd 3 (the evaluator), stdout to the log. */
-  resultFd: 1 | 3;
   /**
    * Whether the phase waits for the server's word on its stdin (the evaluator's `go`): the job
    * script starts it at once and feeds it its stdin file once the server has written it. Else
@@ -107,11 +101,26 @@ export interface JobPhase {
   files: PhaseFiles;
 }
 
-/** A run's job: its phases, started together, each to its own end. */
-export interface RunJob {
+/** What one phase runs, as the local runner would spawn it. */
+export interface JobPhase extends PhaseLayout {
+  argv: string[];
+  cwd: string;
+  /** The phase's complete environment (the job script clears Slurm's). */
+  env: Record<string, string>;
+  /** 1: the result is stdout (the supervisor); 3: fd 3 (the evaluator), stdout to the log. */
+  resultFd: 1 | 3;
+}
+
+/** A run's job as the server follows it: its files and its phases'. */
+export interface JobLayout {
   /** The run log, where the phases' output and the job's own lines go. */
   log: string;
   files: JobFiles;
+  phases: PhaseLayout[];
+}
+
+/** A run's job as it is submitted: its phases, started together, each to its own end. */
+export interface RunJob extends JobLayout {
   phases: JobPhase[];
   /**
    * The job requested GPUs: the script starts no phase without CUDA_VISIBLE_DEVICES from Slurm,
@@ -257,7 +266,7 @@ export function sbatchArgsProblem(words: string[]): string | undefined {
 }
 
 /** sbatch's arguments for a run's job (the script path last). */
-export function sbatchArgs(options: SlurmOptions, job: RunJob, name: string, minutes: number): string[] {
+export function sbatchArgs(options: SlurmOptions, job: JobLayout, name: string, minutes: number): string[] {
   const args = ['--parsable', '--job-name', name, '--output', job.files.out, '--time', formatTimeLimit(minutes), '--nodes', '1', '--ntasks', '1'];
   // The job gets no environment of the server's (the script sets every variable it passes on),
   // and is never requeued: a requeued job would run the phases a second time into the same folder.
@@ -422,10 +431,11 @@ export interface JobEnd {
 }
 
 /**
- * A run as one Slurm job: `submit()` writes the script and submits it, `ended(phase)` settles
- * when that phase has ended (with its exit status and result) or the job has left the queue
- * without it (with why), `go(phase, line)` gives a waiting phase its stdin, and `cancel()` is
- * scancel. Cancelling before submission makes submit() a no-op.
+ * A run as one Slurm job: `submit()` writes the script and submits it (or `attach()` follows a
+ * job submitted earlier, by a server that has since died), `ended(phase)` settles when that phase
+ * has ended (with its exit status and result) or the job has left the queue without it (with
+ * why), `go(phase, line)` gives a waiting phase its stdin, and `cancel()` is scancel. Cancelling
+ * before submission makes submit() a no-op.
  */
 export class SlurmJob {
   jobId?: string;
@@ -435,9 +445,7 @@ export class SlurmJob {
 
   constructor(
     private readonly options: SlurmOptions,
-    private readonly job: RunJob,
-    private readonly name: string,
-    private readonly minutes: number,
+    private readonly job: JobLayout,
     /** Called once, when the job leaves the PENDING state (it runs, or it ended while waiting). */
     private readonly onLeftQueue: () => void = () => undefined,
   ) {
@@ -455,8 +463,8 @@ export class SlurmJob {
     return end.promise;
   }
 
-  /** Writes the job's files and submits it; then follows it until every phase has ended. */
-  async submit(): Promise<void> {
+  /** Writes the job's files and submits it as `name` with a time limit of `minutes`; then follows it until every phase has ended. */
+  async submit(job: RunJob, name: string, minutes: number): Promise<void> {
     if (this.submitted) return;
     this.submitted = true;
     if (this.cancelled) return this.finishAll({ exitCode: null, signal: null, output: '', failure: 'was cancelled before it was submitted to Slurm' });
@@ -465,11 +473,11 @@ export class SlurmJob {
       await mkdir(files.dir, { recursive: true });
       const stale = [files.jobid, files.error, `${files.error}.tmp`, ...this.job.phases.flatMap((p) => [p.files.stdin, `${p.files.stdin}.tmp`, p.files.result, p.files.exit, `${p.files.exit}.tmp`])];
       await Promise.all(stale.map((path) => rm(path, { force: true })));
-      await writeFile(files.script, jobScript(this.job), { mode: 0o755 });
+      await writeFile(files.script, jobScript(job), { mode: 0o755 });
     } catch (error) {
       return this.finishAll({ exitCode: null, signal: null, output: '', failure: `could not be submitted to Slurm: its job files could not be written in ${files.dir} (${(error as Error).message}); the run folder must be writable and on storage the cluster's nodes share` });
     }
-    const submitted = await runCommand('sbatch', sbatchArgs(this.options, this.job, this.name, this.minutes));
+    const submitted = await runCommand('sbatch', sbatchArgs(this.options, this.job, name, minutes));
     const id = submitted.code === 0 ? parseSbatch(submitted.stdout) : undefined;
     if (!id) {
       const why = submitted.missing ?? (submitted.code === 0 ? `sbatch answered without a job id (${submitted.stdout.trim() || 'nothing'})` : sbatchRefusal(submitted.stderr, this.options));
@@ -479,6 +487,17 @@ export class SlurmJob {
     // For a server that restarts after this one died: it cancels the jobs its run folders name.
     await writeFile(files.jobid, `${id}\n`).catch(() => undefined);
     if (this.cancelled) void runCommand('scancel', [id]);   // cancelled while sbatch ran
+    void this.follow(id);
+  }
+
+  /**
+   * Follows job `id`, submitted with this layout by an earlier server: its phases settle from
+   * their exit files, or from the job's end, as for a job submitted here.
+   */
+  attach(id: string): void {
+    if (this.submitted) return;
+    this.submitted = true;
+    this.jobId = id;
     void this.follow(id);
   }
 
@@ -542,7 +561,7 @@ export class SlurmJob {
     }
   }
 
-  private collect(id: string, phase: JobPhase, verdict: Extract<JobVerdict, { kind: 'ended' }>): JobEnd {
+  private collect(id: string, phase: PhaseLayout, verdict: Extract<JobVerdict, { kind: 'ended' }>): JobEnd {
     const files = phase.files;
     const output = existsSync(files.result) ? readFileSync(files.result, 'utf8').slice(0, 1 << 20) : '';
     const recorded = existsSync(files.exit) ? parseExitFile(readFileSync(files.exit, 'utf8')) : undefined;
@@ -575,6 +594,13 @@ export class SlurmJob {
   }
 }
 
+/** The job id a run folder records (slurm/job.jobid), or undefined when it names none (never submitted, or not a Slurm run). */
+export function recordedJobId(runRoot: string): string | undefined {
+  const file = jobFiles(runRoot).jobid;
+  const id = existsSync(file) ? readFileSync(file, 'utf8').trim() : '';
+  return id && parseSbatch(id) === id ? id : undefined;
+}
+
 /**
  * For a server that starts after one that died: cancels the job a run folder names if the
  * cluster still runs or queues it (scancel), so that no run of the dead server goes on unwatched.
@@ -582,9 +608,8 @@ export class SlurmJob {
  * no job (never submitted, or not a Slurm run).
  */
 export async function cancelRecordedJobs(runRoot: string): Promise<{ cancelled: string[]; ended: string[] } | undefined> {
-  const file = jobFiles(runRoot).jobid;
-  const id = existsSync(file) ? readFileSync(file, 'utf8').trim() : '';
-  if (parseSbatch(id) !== id || !id) return undefined;
+  const id = recordedJobId(runRoot);
+  if (id === undefined) return undefined;
   if (jobVerdict((await jobState(id))?.state).kind !== 'active') return { cancelled: [], ended: [id] };
   await runCommand('scancel', [id]);
   return { cancelled: [id], ended: [] };

@@ -1059,13 +1059,14 @@ export class Store {
 
   /**
    * At server start: experiments left 'running' by a server that died are marked crashed (their
-   * processes were not watched to the end, so no result of theirs is trusted). Returns those and
+   * processes were not watched to the end, so no result of theirs is trusted), except those in
+   * `stillRunning` (Slurm runs whose jobs the new server follows on). Returns the crashed ones and
    * the queued ones (FIFO) for the caller to run or cancel.
    */
-  reconcileOnStart(now: number = Date.now(), causes: Map<number, string> = new Map()): { interrupted: Experiment[]; queued: Experiment[] } {
+  reconcileOnStart(now: number = Date.now(), causes: Map<number, string> = new Map(), stillRunning: ReadonlySet<number> = new Set()): { interrupted: Experiment[]; queued: Experiment[] } {
     return this.db
       .transaction(() => {
-        const running = this.listExperiments({ status: 'running', order: 'id', ascending: true });
+        const running = this.listExperiments({ status: 'running', order: 'id', ascending: true }).filter((experiment) => !stillRunning.has(experiment.id));
         const crash = this.prepare(
           `UPDATE experiments
            SET status = 'crashed', error = @error, finished_at = @now,
