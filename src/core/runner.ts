@@ -582,8 +582,9 @@ export class ProcessRunner extends EventEmitter {
     const stopTail = this.followProgress(request.experimentId, folder.log, active);
     active.ceiling = new Ceiling(this.options.ceilingSeconds * 1000, () => this.stop(request.experimentId, 'timed_out'));
     try {
-      const job = new SlurmJob(slurm, runJobLayout(folder), () => active.ceiling?.waitingInQueue(false));
-      const [evaluator, supervisor] = this.followedPhases(job, active, runJobLayout(folder).phases.map((p) => p.phase));
+      const layout = runJobLayout(folder);
+      const job = new SlurmJob(slurm, layout, () => active.ceiling?.waitingInQueue(false));
+      const [evaluator, supervisor] = this.followedPhases(job, active, layout.phases.map((p) => p.phase));
       active.ceiling.waitingInQueue(true);
       job.attach(jobId);
       try {
