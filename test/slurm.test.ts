@@ -696,6 +696,30 @@ describe('the server with --backend slurm, on a loopback cluster (smoke profile,
     expect(events(second)).toEqual([{ method: 'reconcile', message: expect.stringContaining(`marked crashed (the server restarted; Slurm job ${cancelled} cancelled)`) }]);
   }, 300_000);
 
+  it('records a job that ended while no server watched with what the cluster says, once the next server follows it on', async () => {
+    const current = await ok(server.client, 'read_train_py');
+    const anchor = /^SOFTCAP = .*$/m.exec(current.text)?.[0] as string;
+    await ok(server.client, 'apply_patch', { edits: [{ search: anchor, replace: `${anchor}\nimport time\ntime.sleep(30)` }] });
+    const id = (await ok(server.client, 'run_experiment', { description: 'cancelled while no server watched' })).experiment.id as number;
+    const dir = join(workspace, '.autoresearch', 'runs', String(id));
+    await waitUntil(() => jobIdIn(dir) !== undefined && existsSync(join(dir, 'slurm', 'job.jobid')), 120, 'the job to start');
+    const job = jobIdIn(dir)!;
+    const pid = server.transport.pid as number;
+    process.kill(pid, 'SIGKILL');
+    await waitUntil(() => !pidAlive(pid), 30, 'the killed server to be gone');
+    await server.client.close().catch(() => undefined);
+    // someone cancels the job while no server is there to see it
+    execFileSync('scancel', [job]);
+    await waitUntil(() => !ourActiveJobs().some((line) => line.startsWith(`${job}|`)), 30, `job ${job} to leave the queue`);
+    server = await connect(workspace, ['--backend', 'slurm', '--ceiling-seconds', '120'], 'slurm-e2e');
+    const done = await waitFinished(server.client, id);
+    expect(done.status).toBe('crashed');
+    expect(done.error).toMatch(new RegExp(`ran in Slurm job ${job}, which ended CANCELLED: the job was cancelled outside this server`));
+    const events = queryState(workspace, "SELECT method FROM audit_log WHERE kind = 'event' AND experiment_id = ? ORDER BY seq", id);
+    expect(events).toEqual([{ method: 'reconcile' }, { method: 'run_crashed' }]);
+    await expectNoProcessesOf(dir);
+  }, 300_000);
+
   it('refuses to start a lab on a partition that does not exist, or with the workspace off the shared folder, saying what to do', async () => {
     const lab = (...args: string[]) => spawnSync(process.execPath, [CLI, 'lab', '--workspace', workspace, '--backend', 'slurm', ...args], { encoding: 'utf8', env: serverEnv(), timeout: 120_000 });
     const partition = lab('--slurm-partition', 'no-such-partition');
