@@ -317,6 +317,12 @@ os.write(3, json.dumps({"env": os.environ.get("CUDA_VISIBLE_DEVICES"), "argv": s
     expect(existsSync(join(supervise.cwd, 'x'))).toBe(false);
   });
 
+  it('writes the GPUs into a spec file that two phases name once', () => {
+    const named = (name: string) => phase('/r', name, { argv: ['/usr/bin/python3', 'x.py', '--spec', '/r/spec.json'] });
+    const script = jobScript(runJob('/r', [named('evaluate'), named('supervise')], { gpus: true }));
+    expect(script.match(/^sed -i .*'\/r\/spec.json'/gm)).toHaveLength(1);
+  });
+
   it("kills every phase's process group, the one waiting for its stdin too, and records no exit when the job is signalled (scancel)", async () => {
     const root = await mkdtemp(join(tmpdir(), 'ar-slurm-term-'));
     roots.push(root);

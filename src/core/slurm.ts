@@ -160,6 +160,12 @@ export function shellQuote(word: string): string {
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
+/** The file named after `--spec` in a phase's argv, if any. */
+function specOf(argv: string[]): string | undefined {
+  const at = argv.indexOf('--spec');
+  return at >= 0 ? argv[at + 1] : undefined;
+}
+
 /** How often a job script looks for a waiting phase's stdin file (the server's `go`). */
 const STDIN_POLL_SECONDS = 0.05;
 
@@ -208,10 +214,8 @@ export function jobScript(job: RunJob): string {
       'gpus=${CUDA_VISIBLE_DEVICES-}',
       `[[ $gpus =~ ${CUDA_DEVICES_PATTERN} ]] || fail "the job requested GPUs but Slurm gave it none it can name (CUDA_VISIBLE_DEVICES='$gpus'): check that the partition has gres gpu and that Slurm sets CUDA_VISIBLE_DEVICES for it" 1`,
     );
-    for (const phase of job.phases) {
-      const at = phase.argv.indexOf('--spec');
-      if (at < 0 || at + 1 >= phase.argv.length) continue;
-      const spec = phase.argv[at + 1];
+    const specs = new Set(job.phases.map((phase) => specOf(phase.argv)).filter((spec): spec is string => spec !== undefined));
+    for (const spec of specs) {
       lines.push(`sed -i "s/${SLURM_CUDA_VISIBLE_DEVICES}/$gpus/g" ${q(spec)} || fail ${q(`could not write the job's GPUs into ${spec}`)} 1`);
     }
   }
