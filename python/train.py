@@ -55,6 +55,9 @@ FINAL_LR_FRAC = 0.0
 
 LOSS_LIMIT = 2 * math.log(VOCAB_SIZE)  # diverged: loss nan/inf or above twice a uniform guess's loss
 LOG_INTERVAL_S = 1.0      # print a progress line at least this often (and on every slow step)
+# seconds the loop keeps in hand at the least: a smoke run's slack (0.15 s of 3 s) is shorter than
+# one stalled step on a busy machine, and smoke only has to run end to end
+HANDOVER_RESERVE = {"gpu": 0.0, "cpu": 0.0, "smoke": 0.5}[PROFILE]
 
 # -----------------------------------------------------------------------------
 # Device (PyTorch 2.9 or newer: one code path, with bf16, torch.compile and FlexAttention on CUDA)
@@ -355,14 +358,14 @@ print(f"device: {DEVICE.type} | profile: {PROFILE} | params: {num_params / 1e6:.
 
 # -----------------------------------------------------------------------------
 # Training loop: the harness's clock starts at the first batch; stop while the next step still
-# fits (twice the slowest of the last few steps to spare: step times jitter on a busy machine),
-# so the hand-over comes within the budget
+# fits (twice the slowest of the last few steps to spare, HANDOVER_RESERVE at the least: step
+# times jitter on a busy machine), so the hand-over comes within the budget
 # -----------------------------------------------------------------------------
 PEAK_FLOPS = 989.5e12 if IS_CUDA else 0.0  # dense bf16 peak of an H100
 step = 0
 dt = 0.0      # duration of the last step
 step_times = []  # durations of the steps after the first
-margin = 0.0  # time kept in hand for the next step and the hand-over: twice the slowest of the last 10 steps
+margin = HANDOVER_RESERVE  # time kept in hand for the next step and the hand-over: twice the slowest of the last 10 steps, or more
 used = 0.0    # seconds of the budget used, by the harness's clock
 last_log = 0.0
 model.train()
@@ -389,7 +392,7 @@ while used + margin < TIME_BUDGET:
     dt = time.time() - t0
     if step > 0:  # the first step pays one-time costs (lazy imports, allocator warm-up): no guide to the next
         step_times.append(dt)
-    margin = 2 * max(step_times[-10:], default=0.0)
+    margin = max(2 * max(step_times[-10:], default=0.0), HANDOVER_RESERVE)
     used = budget_used()
 
     step += 1
