@@ -201,11 +201,12 @@ export class Lab extends EventEmitter {
     await this.repairPreparing();
     const causes = new Map<number, string>();
     const reattach: { experiment: Experiment; job: string }[] = [];
+    const usable = this.usableSlots();
     if (slurm) {
       for (const experiment of this.store.listExperiments({ status: 'running', order: 'id', ascending: true })) {
         const folder = runDir(this.workspace.dir, experiment.id);
         const job = recordedJobId(folder);
-        if (job !== undefined && reattach.length < this.usableSlots().length) {
+        if (job !== undefined && reattach.length < usable.length) {
           reattach.push({ experiment, job });
           continue;
         }
@@ -215,7 +216,7 @@ export class Lab extends EventEmitter {
     }
     const { interrupted, queued } = this.store.reconcileOnStart(Date.now(), causes, new Set(reattach.map(({ experiment }) => experiment.id)));
     for (const { experiment, job } of reattach) {
-      const slot = this.usableSlots().find((s) => s.index === experiment.slot && !this.busySlots.has(s.index)) ?? this.usableSlots().find((s) => !this.busySlots.has(s.index)) as Slot;
+      const slot = usable.find((s) => s.index === experiment.slot && !this.busySlots.has(s.index)) ?? usable.find((s) => !this.busySlots.has(s.index)) as Slot;
       const message = `experiment ${experiment.id} was running when the server stopped; its Slurm job ${job} is followed on (re-attached) on slot ${slot.index}`;
       this.store.audit.append({ transport: 'cli', kind: 'event', method: 'reconcile', experimentId: experiment.id, message });
       this.log(message);

@@ -548,15 +548,13 @@ export class ProcessRunner extends EventEmitter {
       await writeSpec(folder, standby ? { ...spec, trainer_argv: standby.trainerArgv, trainer_env: standby.trainerEnv } : spec);
       if (active.stopReason) return this.stopped(active, { ...base, status: 'cancelled', finishedAt: Date.now(), logTail: readLogTail(folder.log) });
 
-      const stopTail = this.followProgress(request.experimentId, folder.log, active);
-      active.ceiling = new Ceiling(this.options.ceilingSeconds * 1000, () => this.stop(request.experimentId, 'timed_out'));
-      try {
-        const outcome = await this.phases(request, folder, active, facts, python, onStart, base, standby);
-        return active.slurmJob ? { ...outcome, slurmJob: active.slurmJob } : outcome;
-      } finally {
-        active.ceiling.clear();
-        stopTail();
-      }
+      return await this.watched(request.experimentId, folder, active, () => {
+        // ---- phase 2's process starts first: evaluate.py waits beside the trainer for "go", so
+        // that its interpreter and torch import are not between the hand-over and the result (a
+        // pre-started trainer comes with its evaluator, started with it; with Slurm both are one job) ----
+        const { evaluator, supervisor } = standby ? { evaluator: standby.evaluator, supervisor: standby.phase } : this.startPhases(active, folder, request.slot, facts, python, onStart);
+        return this.supervisedThenEvaluated(folder, active, onStart, base, evaluator, supervisor, standby, request.slot);
+      });
     } finally {
       // Claimed but never told to go (refused, cancelled): both end unused.
       if (standby) stopStandby(standby);
@@ -579,24 +577,16 @@ export class ProcessRunner extends EventEmitter {
     const base = { summary: {}, exitCode: null as number | null, signal: null as string | null, startedAt, logTail: '', sandboxed: this.sandboxed, seed: request.seed ?? DEFAULT_SEED };
     const active: ActiveRun = { children: new Set(), slurmJob: jobId };
     this.active.set(request.experimentId, active);
-    const stopTail = this.followProgress(request.experimentId, folder.log, active);
-    active.ceiling = new Ceiling(this.options.ceilingSeconds * 1000, () => this.stop(request.experimentId, 'timed_out'));
     try {
-      const layout = runJobLayout(folder);
-      const job = new SlurmJob(slurm, layout, () => active.ceiling?.waitingInQueue(false));
-      const [evaluator, supervisor] = this.followedPhases(job, active, layout.phases.map((p) => p.phase));
-      active.ceiling.waitingInQueue(true);
-      job.attach(jobId);
-      try {
-        const outcome = await this.supervisedThenEvaluated(folder, active, () => undefined, base, evaluator, supervisor, undefined, request.slot);
-        return { ...outcome, slurmJob: jobId };
-      } finally {
-        evaluator.stop();
-        await evaluator.exit;
-      }
+      return await this.watched(request.experimentId, folder, active, () => {
+        const layout = runJobLayout(folder);
+        const job = new SlurmJob(slurm, layout, () => active.ceiling?.waitingInQueue(false));
+        const [evaluator, supervisor] = this.followedPhases(job, active, layout.phases.map((p) => p.phase));
+        active.ceiling?.waitingInQueue(true);
+        job.attach(jobId);
+        return this.supervisedThenEvaluated(folder, active, () => undefined, base, evaluator, supervisor, undefined, request.slot);
+      });
     } finally {
-      active.ceiling.clear();
-      stopTail();
       this.active.delete(request.experimentId);
       await cleanRunFolder(folder).catch(() => undefined);
     }
@@ -689,26 +679,19 @@ export class ProcessRunner extends EventEmitter {
     return standby;
   }
 
-  private async phases(
-    request: RunRequest,
-    folder: RunFolder,
-    active: ActiveRun,
-    facts: HostFacts,
-    python: PythonLayout,
-    onStart: (pid: number) => void,
-    base: Omit<RunOutcome, 'status' | 'finishedAt'>,
-    standby: Standby | undefined,
-  ): Promise<RunOutcome> {
-    // ---- phase 2's process starts first: evaluate.py waits beside the trainer for "go", so that
-    // its interpreter and torch import are not between the hand-over and the result (a
-    // pre-started trainer comes with its evaluator, started with it; with Slurm both are one job) ----
-    const { evaluator, supervisor } = standby ? { evaluator: standby.evaluator, supervisor: standby.phase } : this.startPhases(active, folder, request.slot, facts, python, onStart);
+  /**
+   * Runs `body` (a run's phases) with its progress followed and its wall-clock ceiling counting;
+   * the outcome names the Slurm job the run was.
+   */
+  private async watched(experimentId: number, folder: RunFolder, active: ActiveRun, body: () => Promise<RunOutcome>): Promise<RunOutcome> {
+    const stopTail = this.followProgress(experimentId, folder.log, active);
+    active.ceiling = new Ceiling(this.options.ceilingSeconds * 1000, () => this.stop(experimentId, 'timed_out'));
     try {
-      return await this.supervisedThenEvaluated(folder, active, onStart, base, evaluator, supervisor, standby, request.slot);
+      const outcome = await body();
+      return active.slurmJob ? { ...outcome, slurmJob: active.slurmJob } : outcome;
     } finally {
-      // Never told to go (the trainer failed, the run was stopped): it ends without a result.
-      evaluator.stop();
-      await evaluator.exit;
+      active.ceiling.clear();
+      stopTail();
     }
   }
 
@@ -750,116 +733,122 @@ export class ProcessRunner extends EventEmitter {
     standby: Standby | undefined,
     slot: Slot,
   ): Promise<RunOutcome> {
-    // ---- phase 1: supervise.py runs the trainer and measures the budget (a pre-started one is
-    // told to go: its trainer has imported torch already; the clocks start now) ----
-    if (standby) {
-      if (standby.phase.pid !== undefined) onStart(standby.phase.pid);
-      standby.phase.go(`go ${folder.spec}`);
-    }
-    // A GPU slot's next trainer starts while this one trains: its import takes a spare CPU core,
-    // not the GPU. A CPU slot's waits until this run is over (run()), so that it takes no CPU
-    // from a measured budget or an evaluation.
-    if (slot.cudaDevices !== undefined) this.prestart(slot);
-    const supervised = await supervisor.exit;
-    const finish = (outcome: Partial<RunOutcome> & { status: RunStatus }): RunOutcome => {
-      const logTail = readLogTail(folder.log);
-      return { ...base, summary: parseSummary(logTail), logTail, finishedAt: Date.now(), ...outcome };
-    };
-    if (active.stopReason) return this.stopped(active, finish({ status: 'cancelled', exitCode: supervised.exitCode, signal: supervised.signal }));
-    const report = parseSupervisorReport(supervised.output);
-    if (!report) {
-      const how = supervised.spawnError ?? (supervised.signal ? `was killed by ${supervised.signal}` : `exited with code ${supervised.exitCode}`);
-      return finish({
-        status: 'crashed',
-        exitCode: supervised.exitCode,
-        signal: supervised.signal,
-        error: `the supervisor (supervise.py) ${how} without a report; the run is void. See the log tail.`,
-      });
-    }
-    const measured = {
-      exitCode: report.exit_code ?? null,
-      signal: report.signal ?? null,
-      supervisor: report,
-      trainingSeconds: num(report.training_seconds),
-      startupSeconds: num(report.startup_seconds),
-      exportSeconds: num(report.export_seconds),
-      cpuSeconds: num(report.cpu_seconds),
-      tokensServed: num(report.tokens_served),
-      batchesServed: num(report.batches_served),
-      modelSha256: report.model_sha256 ?? undefined,
-      weightsSha256: report.weights_sha256 ?? undefined,
-      hashes: this.options.pins,
-    };
-    if (report.outcome === 'over_budget') {
-      return finish({ ...measured, status: 'over_budget', error: `over budget: ${report.reason ?? 'an allowance was exceeded'} (${times(report)}). Make train.py stop at TIME_BUDGET.` });
-    }
-    if (report.outcome === 'exited') {
-      const how = report.signal ? `was killed by ${report.signal}` : `exited with code ${report.exit_code ?? 'unknown'}`;
-      const last = lastTrainerLine(readLogTail(folder.log));
+    try {
+      // ---- phase 1: supervise.py runs the trainer and measures the budget (a pre-started one is
+      // told to go: its trainer has imported torch already; the clocks start now) ----
+      if (standby) {
+        if (standby.phase.pid !== undefined) onStart(standby.phase.pid);
+        standby.phase.go(`go ${folder.spec}`);
+      }
+      // A GPU slot's next trainer starts while this one trains: its import takes a spare CPU core,
+      // not the GPU. A CPU slot's waits until this run is over (run()), so that it takes no CPU
+      // from a measured budget or an evaluation.
+      if (slot.cudaDevices !== undefined) this.prestart(slot);
+      const supervised = await supervisor.exit;
+      const finish = (outcome: Partial<RunOutcome> & { status: RunStatus }): RunOutcome => {
+        const logTail = readLogTail(folder.log);
+        return { ...base, summary: parseSummary(logTail), logTail, finishedAt: Date.now(), ...outcome };
+      };
+      if (active.stopReason) return this.stopped(active, finish({ status: 'cancelled', exitCode: supervised.exitCode, signal: supervised.signal }));
+      const report = parseSupervisorReport(supervised.output);
+      if (!report) {
+        const how = supervised.spawnError ?? (supervised.signal ? `was killed by ${supervised.signal}` : `exited with code ${supervised.exitCode}`);
+        return finish({
+          status: 'crashed',
+          exitCode: supervised.exitCode,
+          signal: supervised.signal,
+          error: `the supervisor (supervise.py) ${how} without a report; the run is void. See the log tail.`,
+        });
+      }
+      const measured = {
+        exitCode: report.exit_code ?? null,
+        signal: report.signal ?? null,
+        supervisor: report,
+        trainingSeconds: num(report.training_seconds),
+        startupSeconds: num(report.startup_seconds),
+        exportSeconds: num(report.export_seconds),
+        cpuSeconds: num(report.cpu_seconds),
+        tokensServed: num(report.tokens_served),
+        batchesServed: num(report.batches_served),
+        modelSha256: report.model_sha256 ?? undefined,
+        weightsSha256: report.weights_sha256 ?? undefined,
+        hashes: this.options.pins,
+      };
+      if (report.outcome === 'over_budget') {
+        return finish({ ...measured, status: 'over_budget', error: `over budget: ${report.reason ?? 'an allowance was exceeded'} (${times(report)}). Make train.py stop at TIME_BUDGET.` });
+      }
+      if (report.outcome === 'exited') {
+        const how = report.signal ? `was killed by ${report.signal}` : `exited with code ${report.exit_code ?? 'unknown'}`;
+        const last = lastTrainerLine(readLogTail(folder.log));
+        return finish({
+          ...measured,
+          status: 'crashed',
+          error: `train.py ${how} before handing over its model${report.reason ? `: ${report.reason}` : ''}.${last ? ` Its last line: ${last}` : ''} See the log tail.`,
+        });
+      }
+      if (report.outcome === 'error') {
+        return finish({ ...measured, status: 'crashed', error: `the run failed: ${report.reason ?? 'the supervisor reported an error'}. See the log tail.` });
+      }
+
+      // ---- the hand-over: both files exist and the model is the one the supervisor received ----
+      const modelPath = join(folder.handover, 'model.pt');
+      const weightsPath = join(folder.handover, 'weights.pt');
+      if (!existsSync(modelPath) || !existsSync(weightsPath)) {
+        return finish({ ...measured, status: 'crashed', error: 'the supervisor reported a hand-over but handover/model.pt or weights.pt is missing; the run is void.' });
+      }
+      const modelSha = await sha256File(modelPath);
+      if (!report.model_sha256 || modelSha !== report.model_sha256) {
+        return finish({ ...measured, status: 'crashed', error: 'handover/model.pt does not match the model the supervisor received (sha256 differs); the run is void.' });
+      }
+
+      // ---- phase 2: evaluate.py scores the exported model in its own sandbox ----
+      evaluator.go();
+      const evaluated = await evaluator.exit;
+      if (active.stopReason) return this.stopped(active, finish({ ...measured, status: 'cancelled' }));
+      const parsed = parseEvaluatorResult(evaluated.output);
+      if ('error' in parsed || evaluated.exitCode !== 0) {
+        if ('result' in parsed && !parsed.result.ok) {
+          const refusal = parsed.result;
+          const error =
+            refusal.reason === 'harness'
+              ? `the evaluator could not run (${refusal.message}); the run is void, not the model's fault`
+              : `the evaluator refused the model (${refusal.reason}): ${refusal.message}`;
+          return finish({ ...measured, evaluation: refusal, status: 'crashed', error });
+        }
+        const how = evaluated.spawnError ?? (evaluated.signal ? `was killed by ${evaluated.signal}` : `exited with code ${evaluated.exitCode}`);
+        const why = 'error' in parsed ? `; ${parsed.error}` : '';
+        const tail = readLogTail(folder.log, 2000).trim().split('\n').slice(-15).join('\n');
+        return finish({ ...measured, status: 'crashed', error: `the evaluator crashed (it ${how}${why}). Its log:\n${tail}` });
+      }
+      const result = parsed.result;
+      if (!result.ok) {
+        return finish({ ...measured, evaluation: result, status: 'crashed', error: `the evaluator refused the model (${result.reason}): ${result.message}` });
+      }
+      const weightsSha = (result as { weights_sha256?: unknown }).weights_sha256;
+      if (result.model_sha256 !== report.model_sha256 || (typeof weightsSha === 'string' && report.weights_sha256 && weightsSha !== report.weights_sha256)) {
+        return finish({ ...measured, evaluation: result, status: 'crashed', error: 'the evaluator scored a model other than the one handed over (model_sha256 differs); the run is void.' });
+      }
+      if (!this.sandboxed) {
+        // Unsandboxed, the trainer could reach the pinned files: a change during the run voids it.
+        const after = await this.harnessDrift(folder.root, sha256File, [WORKSPACE_PREPARE]);
+        if (after.length > 0) {
+          return finish({ ...measured, status: 'rejected', error: `pinned files changed during the run: ${after.join(', ')}; the result is void. ${after.map((n) => this.restoreHint(n)).join('; ')}.` });
+        }
+      }
       return finish({
         ...measured,
-        status: 'crashed',
-        error: `train.py ${how} before handing over its model${report.reason ? `: ${report.reason}` : ''}.${last ? ` Its last line: ${last}` : ''} See the log tail.`,
+        evaluation: result,
+        status: 'succeeded',
+        valBpb: result.val_bpb,
+        evalTokens: result.eval_tokens,
+        evalBytes: result.eval_bytes,
+        evalSeconds: num(result.eval_seconds),
       });
+    } finally {
+      // Never told to go (the trainer failed, the run was stopped): it ends without a result.
+      evaluator.stop();
+      await evaluator.exit;
     }
-    if (report.outcome === 'error') {
-      return finish({ ...measured, status: 'crashed', error: `the run failed: ${report.reason ?? 'the supervisor reported an error'}. See the log tail.` });
-    }
-
-    // ---- the hand-over: both files exist and the model is the one the supervisor received ----
-    const modelPath = join(folder.handover, 'model.pt');
-    const weightsPath = join(folder.handover, 'weights.pt');
-    if (!existsSync(modelPath) || !existsSync(weightsPath)) {
-      return finish({ ...measured, status: 'crashed', error: 'the supervisor reported a hand-over but handover/model.pt or weights.pt is missing; the run is void.' });
-    }
-    const modelSha = await sha256File(modelPath);
-    if (!report.model_sha256 || modelSha !== report.model_sha256) {
-      return finish({ ...measured, status: 'crashed', error: 'handover/model.pt does not match the model the supervisor received (sha256 differs); the run is void.' });
-    }
-
-    // ---- phase 2: evaluate.py scores the exported model in its own sandbox ----
-    evaluator.go();
-    const evaluated = await evaluator.exit;
-    if (active.stopReason) return this.stopped(active, finish({ ...measured, status: 'cancelled' }));
-    const parsed = parseEvaluatorResult(evaluated.output);
-    if ('error' in parsed || evaluated.exitCode !== 0) {
-      if ('result' in parsed && !parsed.result.ok) {
-        const refusal = parsed.result;
-        const error =
-          refusal.reason === 'harness'
-            ? `the evaluator could not run (${refusal.message}); the run is void, not the model's fault`
-            : `the evaluator refused the model (${refusal.reason}): ${refusal.message}`;
-        return finish({ ...measured, evaluation: refusal, status: 'crashed', error });
-      }
-      const how = evaluated.spawnError ?? (evaluated.signal ? `was killed by ${evaluated.signal}` : `exited with code ${evaluated.exitCode}`);
-      const why = 'error' in parsed ? `; ${parsed.error}` : '';
-      const tail = readLogTail(folder.log, 2000).trim().split('\n').slice(-15).join('\n');
-      return finish({ ...measured, status: 'crashed', error: `the evaluator crashed (it ${how}${why}). Its log:\n${tail}` });
-    }
-    const result = parsed.result;
-    if (!result.ok) {
-      return finish({ ...measured, evaluation: result, status: 'crashed', error: `the evaluator refused the model (${result.reason}): ${result.message}` });
-    }
-    const weightsSha = (result as { weights_sha256?: unknown }).weights_sha256;
-    if (result.model_sha256 !== report.model_sha256 || (typeof weightsSha === 'string' && report.weights_sha256 && weightsSha !== report.weights_sha256)) {
-      return finish({ ...measured, evaluation: result, status: 'crashed', error: 'the evaluator scored a model other than the one handed over (model_sha256 differs); the run is void.' });
-    }
-    if (!this.sandboxed) {
-      // Unsandboxed, the trainer could reach the pinned files: a change during the run voids it.
-      const after = await this.harnessDrift(folder.root, sha256File, [WORKSPACE_PREPARE]);
-      if (after.length > 0) {
-        return finish({ ...measured, status: 'rejected', error: `pinned files changed during the run: ${after.join(', ')}; the result is void. ${after.map((n) => this.restoreHint(n)).join('; ')}.` });
-      }
-    }
-    return finish({
-      ...measured,
-      evaluation: result,
-      status: 'succeeded',
-      valBpb: result.val_bpb,
-      evalTokens: result.eval_tokens,
-      evalBytes: result.eval_bytes,
-      evalSeconds: num(result.eval_seconds),
-    });
   }
 
   private stopped(active: ActiveRun, outcome: RunOutcome): RunOutcome {
