@@ -8,19 +8,15 @@
 //   --set DEPTH.cpu=2              the cpu entry of a per-profile constant ({"gpu": 8, "cpu": 1, ...})
 // Writes bench/results-cpu-baseline-<label>-<host>.json. Run it on an idle machine: the budget is
 // wall-clock time, so load elsewhere shows up as fewer steps.
-import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import { writeFileSync } from 'node:fs';
 import { cpus, hostname, loadavg } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { constantEdit } from '../dist/agent/plan.js';
-import { createWorkspace } from '../dist/core/init.js';
 import { Store } from '../dist/core/store.js';
-import { scratchDir } from './scratch.mjs';
+import { call, PYTHON, servedCpuWorkspace, waitFinished } from './served.mjs';
 
 const ROOT = resolve(import.meta.dirname, '..');
-const PYTHON = process.env.AUTORESEARCH_PYTHON ?? join(ROOT, 'python', '.venv', 'bin', 'python');
 const { values: flags } = parseArgs({
   options: { label: { type: 'string', default: 'current' }, runs: { type: 'string', default: '3' }, set: { type: 'string', multiple: true, default: [] } },
 });
@@ -33,31 +29,7 @@ function assignmentEdit(text, assignment) {
   return constantEdit(text, m[1], m[3], m[2]);
 }
 
-async function call(client, name, args = {}) {
-  const result = await client.callTool({ name, arguments: args }, undefined, { timeout: 600_000 });
-  if (result.isError) throw new Error(`${name}: ${result.content.map((c) => c.text).join('\n')}`);
-  return result.structuredContent;
-}
-
-async function waitFinished(client, id) {
-  for (;;) {
-    const e = (await call(client, 'get_results', { experiment_id: id, wait_seconds: 30 })).experiments[0];
-    if (!['preparing', 'queued', 'running'].includes(e.status)) return e;
-  }
-}
-
-const root = scratchDir('ar-cpu-baseline-');
-const workspace = join(root, 'ws');
-process.stderr.write(`preparing a cpu-profile workspace with ${PYTHON}...\n`);
-await createWorkspace(workspace, { profile: 'cpu', python: PYTHON, dataDir: join(root, 'data') });
-const transport = new StdioClientTransport({
-  command: process.execPath,
-  args: [join(ROOT, 'dist', 'cli.js'), 'serve', '--workspace', workspace, '--no-daemon'],
-  env: { PATH: process.env.PATH, HOME: process.env.HOME ?? '/tmp' },
-  stderr: 'ignore',
-});
-const client = new Client({ name: 'bench-cpu-baseline', version: '1' });
-await client.connect(transport);
+const { workspace, client } = await servedCpuWorkspace('ar-cpu-baseline-', 'bench-cpu-baseline');
 await call(client, 'start_session', { tag: `bench-${flags.label}` });
 if (flags.set.length) {
   const text = (await call(client, 'read_train_py')).text;

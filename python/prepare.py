@@ -17,6 +17,9 @@ run is over budget. finish_training exports the model with torch.jit.trace; the 
 is scored on the validation split by the evaluator in a separate process. train.py never sees
 validation data and cannot evaluate itself; whatever it prints is informative only.
 
+In the sandbox, `import prepare` fills torch's compile cache from the workspace's (what the
+head's run compiled before its first batch): a graph the head compiled is not compiled again.
+
 The constants come from $AUTORESEARCH_DATA_DIR/manifest.json (default ./data), written by
 prepare_data.py; SEED is the run's seed ($AUTORESEARCH_SEED, default 42), which also fixes the
 order of the training rows.
@@ -29,7 +32,9 @@ import io
 import json
 import os
 import re
+import shutil
 import socket
+import sys
 
 MANIFEST_SCHEMA = "autoresearch-data/1"
 TOKENIZER_SCHEMA = "autoresearch-tokenizer/1"
@@ -72,6 +77,21 @@ def _env_seed() -> int:
 
 
 SEED = _env_seed()
+
+
+def _seed_compile_cache() -> None:
+    """Sandboxed: copies the workspace's compile cache (read-only) into this run's own, once."""
+    seed, cache = os.environ.get("AUTORESEARCH_COMPILE_SEED"), os.environ.get("AUTORESEARCH_COMPILE_CACHE")
+    if seed and cache and os.path.isdir(seed) and not os.path.exists(os.path.join(cache, ".seeded")):
+        try:   # torch's own import may have made the folder already
+            shutil.copytree(seed, cache, symlinks=True, dirs_exist_ok=True)
+            open(os.path.join(cache, ".seeded"), "w").close()
+        except OSError as e:   # no half-copied entry: compile afresh
+            shutil.rmtree(cache, ignore_errors=True)
+            print(f"prepare.py: the compile cache was not copied ({e})", file=sys.stderr)
+
+
+_seed_compile_cache()
 
 # ---------------------------------------------------------------------------------------------
 # Constants: read from the manifest on first use, so `import prepare` never fails by itself

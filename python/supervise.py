@@ -28,6 +28,13 @@ from PATH (its trainer_argv must be the one already started), sends the trainer 
 run's seed, and supervises as usual, with startup measured from that moment. Stdin closing
 first, or the trainer ending while it waits, ends the standby without a report (exit 3).
 
+Compile cache (`compile_cache`, `compile_snapshot`; sandboxed runs only): the trainer's compiler
+caches live in its sandbox's private /tmp, seeded from the workspace's cache. Just before the first
+batch is served, while the trainer has seen no training data, the supervisor copies that folder,
+read through the sandbox's root in /proc and never following a link, to `compile_snapshot` on the
+host. Only that copy can become the cache of later runs (the server promotes it when the run's
+commit becomes the head): what the trainer writes once it has data never leaves its sandbox.
+
 Killing: SIGKILL to the trainer's process group. Sandboxed, that is bwrap's group, and bwrap's
 --die-with-parent and --unshare-pid end everything inside. Unsandboxed, a process that left the
 group (setsid, a double fork) survives: only the sandbox's pid namespace stops it.
@@ -46,8 +53,10 @@ import os
 import re
 import resource
 import select
+import shutil
 import signal
 import socket
+import stat as stat_mod
 import subprocess
 import sys
 import time
@@ -71,6 +80,10 @@ EOF_GRACE_S = 10.0             # channel closed: time for the trainer to exit be
                                # (interpreter teardown after the socket closes took over 2 s on a loaded 2-core machine)
 REAP_TIMEOUT_S = 30.0          # after SIGKILL (a process in the GPU driver may take a moment)
 EXIT_NO_RUN = 3                # --standby ended without a run (stdin closed, or the trainer died waiting)
+
+SNAPSHOT_MAX_BYTES = 2 << 30  # compile cache snapshot caps: beyond either, no snapshot is kept
+SNAPSHOT_MAX_ENTRIES = 20000   # files and folders
+SNAPSHOT_MAX_DEPTH = 16
 
 BATCH_RE = re.compile(rb"batch ([1-9][0-9]{0,9}) ([1-9][0-9]{0,9})")
 PAYLOAD_RE = re.compile(rb"(handover|model) ([0-9]{1,13})")
@@ -133,7 +146,12 @@ def load_spec(path: str) -> dict:
     mbt = spec.get("max_batch_tokens", 1 << 24)
     if isinstance(mbt, bool) or not isinstance(mbt, int) or mbt < 1:
         raise SpecError(f"spec: max_batch_tokens must be a positive integer, got {mbt!r}")
+    cache = {key: spec.get(key) for key in ("compile_cache", "compile_snapshot")}
+    for key, value in cache.items():
+        if value is not None and (not isinstance(value, str) or not os.path.isabs(value)):
+            raise SpecError(f"spec: {key} must be an absolute path or null")
     return {
+        **cache,
         "trainer_argv": argv, "trainer_env": dict(env), "log_path": spec["log_path"],
         "data_dir": spec["data_dir"], "scratch_host": spec.get("scratch_host"),
         "handover_dir": spec["handover_dir"], "seed": seed, "max_batch_tokens": mbt, "budget_clock": clock,
@@ -284,6 +302,100 @@ def _check_archive(path: str, what: str, needs_code: bool) -> None:
         raise Stop("error", f"the {what} payload is not a torch archive (no data.pkl)")
     if needs_code and not any("/code/" in n for n in names):
         raise Stop("error", f"the {what} payload is not a TorchScript archive (no code/)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Compile cache snapshot: the sandbox's cache folder as it is before any training data
+# ---------------------------------------------------------------------------------------------
+class SnapshotTooLarge(Exception):
+    pass
+
+
+def _sandbox_root(bwrap_pid: int) -> str:
+    """The root of bwrap's sandbox: bwrap's first child there is its own init (not the trainer's
+    code), and /proc/PID/root of it is the sandbox's file system."""
+    try:
+        with open(f"/proc/{bwrap_pid}/task/{bwrap_pid}/children") as f:
+            children = f.read().split()
+    except OSError:
+        children = [str(pid) for pid, stat in _proc_table().items() if stat[0] == bwrap_pid]
+    if not children:
+        raise OSError("the sandbox has no process")
+    return f"/proc/{min(children, key=int)}/root"
+
+
+def _open_inside(root: str, path: str) -> int:
+    """A directory fd of `path` inside `root`, refusing a link at every step: an absolute link
+    would otherwise resolve against the supervisor's file system, not the sandbox's."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in [p for p in path.split("/") if p]:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _copy_tree(src_fd: int, dest: str, taken: list, depth: int = 0) -> None:
+    """Copies the regular files and folders under src_fd to dest; links, devices, fifos and
+    sockets are left out. taken = [files, bytes, entries], checked against the caps as it goes."""
+    if depth > SNAPSHOT_MAX_DEPTH:
+        raise SnapshotTooLarge(f"folders nested deeper than {SNAPSHOT_MAX_DEPTH}")
+    os.mkdir(dest, 0o755)
+    for name in os.listdir(src_fd):
+        taken[2] += 1
+        if taken[2] > SNAPSHOT_MAX_ENTRIES:
+            raise SnapshotTooLarge(f"more than {SNAPSHOT_MAX_ENTRIES} files and folders")
+        st = os.stat(name, dir_fd=src_fd, follow_symlinks=False)
+        if stat_mod.S_ISDIR(st.st_mode):
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=src_fd)
+            try:
+                _copy_tree(fd, os.path.join(dest, name), taken, depth + 1)
+            finally:
+                os.close(fd)
+        elif stat_mod.S_ISREG(st.st_mode):
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=src_fd)
+            try:
+                if not stat_mod.S_ISREG(os.fstat(fd).st_mode):   # swapped since the stat
+                    continue
+                taken[0] += 1
+                with open(os.path.join(dest, name), "xb") as out:
+                    while chunk := os.read(fd, 1 << 20):
+                        taken[1] += len(chunk)
+                        if taken[1] > SNAPSHOT_MAX_BYTES:
+                            raise SnapshotTooLarge(f"more than {SNAPSHOT_MAX_BYTES >> 20} MiB")
+                        out.write(chunk)
+            finally:
+                os.close(fd)
+
+
+def snapshot_compile_cache(bwrap_pid: int, inner: str, dest: str) -> str:
+    """Copies the sandbox's folder `inner` to `dest` (replacing what is there); returns what was
+    done, for the log. Nothing is kept when the folder is missing, empty or over a cap."""
+    for stale in (dest, dest + ".part"):
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        src = _open_inside(_sandbox_root(bwrap_pid), inner)
+    except FileNotFoundError:
+        return "compile cache: nothing to keep (the trainer compiled nothing)"
+    except OSError as e:
+        return f"compile cache: not kept (the sandbox's {inner} could not be opened: {e.strerror or e})"
+    taken = [0, 0, 0]
+    try:
+        _copy_tree(src, dest + ".part", taken)
+        if taken[0] == 0:
+            shutil.rmtree(dest + ".part")
+            return "compile cache: nothing to keep (the trainer compiled nothing)"
+        os.replace(dest + ".part", dest)
+        return f"compile cache: {taken[0]} files ({taken[1] / 2**20:.1f} MiB) kept as they were before the first batch"
+    except (OSError, SnapshotTooLarge) as e:
+        shutil.rmtree(dest + ".part", ignore_errors=True)
+        return f"compile cache: not kept ({e})"
+    finally:
+        os.close(src)
 
 
 def start_trainer(spec: dict):
@@ -549,6 +661,10 @@ class Supervisor:
         if self.t_first is None:
             if now - self.t_spawn > self.spec["startup_allowance"]:
                 raise self.over("startup", now)
+            if self.spec["compile_cache"] and self.spec["compile_snapshot"]:
+                # Before any training data: start-up time, not the budget's.
+                log(snapshot_compile_cache(self.proc.pid, self.spec["compile_cache"], self.spec["compile_snapshot"]))
+                now = time.monotonic()
             self.t_first = now
             if self.spec["budget_clock"] == "cpu":
                 self.cpu_clock = CpuClock(self.proc.pid)

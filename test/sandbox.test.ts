@@ -1,5 +1,5 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { mkdtemp, realpath } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -108,6 +108,12 @@ describe('trainer sandbox argv', () => {
     expect(mounts(argv)).toContainEqual({ flag: '--ro-bind', src: `${DATA}/tokenizer.json`, dest: '/sandbox/data/tokenizer.json' });
     expect(mounts(argv)).toContainEqual({ flag: '--ro-bind', src: '/dev/null', dest: '/etc/shadow' });
     expect(mounts(argv)).toContainEqual({ flag: '--symlink', src: 'usr/lib64', dest: '/lib64' });
+  });
+
+  it('binds the workspace\'s compile cache read-only when given, and nothing else for it', () => {
+    const argv = trainer({ compileCache: `${STATE}/compile-cache` });
+    const added = mounts(argv).filter((m) => !mounts(trainer()).some((n) => JSON.stringify(n) === JSON.stringify(m)));
+    expect(added).toEqual([{ flag: '--ro-bind', src: `${STATE}/compile-cache`, dest: '/sandbox/compile-cache' }]);
   });
 
   it('never binds the workspace, .git, the state folder, other runs, val.bin or train.bin', () => {
@@ -260,7 +266,7 @@ async function fixture(): Promise<Fixture> {
   return { root, ws, state, data, run, facts, python };
 }
 
-function trainerFor(f: Fixture, trainPy: string, scratchBytes = 64 << 20): string[] {
+function trainerFor(f: Fixture, trainPy: string, scratchBytes = 64 << 20, compileCache?: string): string[] {
   writeFileSync(join(f.run, 'code', 'train.py'), trainPy);
   return trainerArgv(f.facts, {
     codeDir: join(f.run, 'code'),
@@ -269,6 +275,7 @@ function trainerFor(f: Fixture, trainPy: string, scratchBytes = 64 << 20): strin
     python: f.python,
     env: { PATH: '/usr/bin:/bin', HOME: '/sandbox/scratch', PYTHONDONTWRITEBYTECODE: '1', SANDBOX_TEST: 'yes' },
     forbidden: [f.ws, f.state, f.data],
+    compileCache,
   });
 }
 
@@ -402,6 +409,9 @@ targets = ${JSON.stringify({
       sandbox: '/sandbox/evil',
       host_ws: join(f.ws, 'evil'),
       host_state: join(f.state, 'evil'),
+      compile_cache: '/sandbox/compile-cache/evil',
+      compile_cache_head: '/sandbox/compile-cache/head/evil',
+      compile_cache_entry: '/sandbox/compile-cache/head/entry',
     })}
 out = {name: try_write(path) for name, path in targets.items()}
 out["scratch"] = try_write("/sandbox/scratch/ok")
@@ -409,17 +419,23 @@ out["tmp"] = try_write("/tmp/ok")
 out["scratch_big"] = try_write("/sandbox/scratch/big", 16 << 20)
 print(json.dumps(out))
 `;
-    const result = await runToEnd(trainerFor(f, probe, 8 << 20));
+    const cache = join(f.state, 'compile-cache');
+    mkdirSync(join(cache, 'e1-00000000'), { recursive: true });
+    writeFileSync(join(cache, 'e1-00000000', 'entry'), 'compiled');
+    if (!existsSync(join(cache, 'head'))) symlinkSync('e1-00000000', join(cache, 'head'));
+    const result = await runToEnd(trainerFor(f, probe, 8 << 20, cache));
     expect(result.code).toBe(0);
     const out = JSON.parse(result.stdout);
     expect(out.scratch).toBe('written');
     expect(out.tmp).toBe('written');
     expect(out.scratch_big).toMatch(/^OSError:28$/); // ENOSPC
-    for (const name of ['code', 'train', 'data', 'datanew', 'usr', 'etc', 'root', 'sandbox', 'host_ws', 'host_state']) {
+    for (const name of ['code', 'train', 'data', 'datanew', 'usr', 'etc', 'root', 'sandbox', 'host_ws', 'host_state', 'compile_cache', 'compile_cache_head', 'compile_cache_entry']) {
       expect(out[name], name).not.toBe('written');
     }
     expect(readdirSync(join(f.run, 'code'))).toEqual(['train.py']);
     expect(readFileSync(join(f.data, 'tokenizer.json'), 'utf8')).toBe('tokenizer.json');
+    expect(readdirSync(join(cache, 'head'))).toEqual(['entry']);
+    expect(readFileSync(join(cache, 'head', 'entry'), 'utf8')).toBe('compiled');
     expect(readdirSync(f.ws).sort()).toEqual(['.autoresearch', '.git', 'data']);
   });
 

@@ -355,7 +355,7 @@ def test_dataloader_without_the_server_is_a_clear_error(smoke_dir, monkeypatch):
 
 def test_runtime_module_is_short_and_holds_no_evaluation_or_preparation():
     source = open(PREPARE_PY, encoding="utf-8").read()
-    assert len(source.splitlines()) <= 420
+    assert len(source.splitlines()) <= 440   # what train.py imports and the agent reads: it stays short
     for name in ("evaluate_bpb", "val.bin", "train_tokenizer", "urllib", "cross_entropy"):
         assert name not in source, name
 
@@ -705,3 +705,38 @@ def test_progress_is_live_on_a_terminal_and_plain_otherwise():
         out = stream.getvalue()
         assert ("\r" in out) == live
         assert out.count("\n") == 1 and "encoding" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# The compile cache seed: `import prepare` copies the workspace's cache into the run's own folder
+# ---------------------------------------------------------------------------------------------
+def _import_prepare(env_extra):
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+           **env_extra}
+    return subprocess.run([sys.executable, "-c", "import prepare"], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_import_seeds_the_runs_compile_cache_once_from_the_workspaces(tmp_path):
+    version = tmp_path / "cache" / "e1-0000"
+    (version / "inductor" / "ab").mkdir(parents=True)
+    (version / "inductor" / "ab" / "entry.py").write_text("compiled")
+    (tmp_path / "cache" / "head").symlink_to("e1-0000")
+    own = tmp_path / "run-cache"
+    (own / "inductor").mkdir(parents=True)   # torch's own import may make the folder first
+    env = {"AUTORESEARCH_COMPILE_SEED": str(tmp_path / "cache" / "head"), "AUTORESEARCH_COMPILE_CACHE": str(own)}
+    assert _import_prepare(env).returncode == 0
+    assert (own / "inductor" / "ab" / "entry.py").read_text() == "compiled"
+    assert not (own / "inductor" / "ab" / "entry.py").is_symlink()
+
+    (own / "inductor" / "ab" / "entry.py").write_text("this run's own")   # a second import leaves it be
+    assert _import_prepare(env).returncode == 0
+    assert (own / "inductor" / "ab" / "entry.py").read_text() == "this run's own"
+
+
+def test_import_without_a_cache_to_seed_from_copies_nothing_and_does_not_fail(tmp_path):
+    own = tmp_path / "run-cache"
+    for env in ({"AUTORESEARCH_COMPILE_SEED": str(tmp_path / "absent"), "AUTORESEARCH_COMPILE_CACHE": str(own)},
+                {"AUTORESEARCH_COMPILE_CACHE": str(own)}, {}):
+        proc = _import_prepare(env)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        assert not own.exists()

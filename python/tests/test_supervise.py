@@ -639,6 +639,89 @@ def test_trusted_modules_import_neither_torch_nor_agent_code():
 
 
 # ---------------------------------------------------------------------------------------------
+# Compile cache snapshot: the sandbox's cache folder as it was before the first batch
+# ---------------------------------------------------------------------------------------------
+# Writes the cache the way a trainer could, hostile parts included, then takes one batch and
+# writes more: links to host files (absolute links would resolve on the host from /proc/PID/root),
+# a fifo (which would block a reader), and a file written once data has been served.
+CACHE_WRITER = RAW + """
+import os
+cache = "/var/tmp/compile-cache"
+os.makedirs(cache + "/inductor/ab", exist_ok=True)
+with open(cache + "/inductor/ab/kernel.py", "w") as f:
+    f.write("compiled before the first batch")
+os.symlink(os.environ["HOST_SECRET"], cache + "/inductor/secret-link")
+os.symlink(os.path.dirname(os.environ["HOST_SECRET"]), cache + "/host-folder-link")
+os.mkfifo(cache + "/trap")
+print(batch(2, 8), flush=True)
+with open(cache + "/inductor/after-data.bin", "w") as f:
+    f.write("weights trained on data")
+time.sleep(30)
+"""
+
+
+def cache_spec(tmp_path):
+    return {"compile_cache": "/var/tmp/compile-cache", "compile_snapshot": str(tmp_path / "snapshot")}
+
+
+@needs_bwrap
+def test_the_compile_snapshot_holds_what_was_written_before_the_first_batch_and_no_link_or_fifo(tmp_path, smoke_data):
+    secret = tmp_path / "secret" / "val.bin"
+    secret.parent.mkdir()
+    secret.write_text("host-only data")
+    run = supervise(tmp_path, smoke_data, CACHE_WRITER, argv_prefix=[BWRAP, *SANDBOX], env={"HOST_SECRET": str(secret)},
+                    time_budget=0.5, budget_slack=0.0, **cache_spec(tmp_path))
+    assert run.report["outcome"] == "over_budget" and run.report["batches_served"] == 1, (run.report, run.log, run.stderr)
+    snapshot = tmp_path / "snapshot"
+    files = sorted(str(p.relative_to(snapshot)) for p in snapshot.rglob("*"))
+    assert files == ["inductor", "inductor/ab", "inductor/ab/kernel.py"], (files, run.stderr)
+    assert (snapshot / "inductor/ab/kernel.py").read_text() == "compiled before the first batch"
+    assert not any(p.is_symlink() for p in snapshot.rglob("*"))
+    assert "compile cache: 1 files" in run.stderr and "kept as they were before the first batch" in run.stderr
+
+
+@needs_bwrap
+def test_a_cache_folder_that_is_a_link_is_not_followed_out_of_the_sandbox(tmp_path, smoke_data):
+    host = tmp_path / "host-folder"
+    host.mkdir()
+    (host / "val.bin").write_text("host-only data")
+    script = RAW + """
+import os
+os.symlink(os.environ["HOST_FOLDER"], "/var/tmp/compile-cache")
+print(batch(2, 8), flush=True)
+time.sleep(30)
+"""
+    run = supervise(tmp_path, smoke_data, script, argv_prefix=[BWRAP, *SANDBOX], env={"HOST_FOLDER": str(host)},
+                    time_budget=0.5, budget_slack=0.0, **cache_spec(tmp_path))
+    assert run.report["batches_served"] == 1, (run.report, run.log, run.stderr)
+    assert not (tmp_path / "snapshot").exists()
+    assert "compile cache: not kept (the sandbox's /var/tmp/compile-cache could not be opened" in run.stderr
+
+
+@needs_bwrap
+def test_no_snapshot_when_nothing_was_compiled_and_none_over_the_caps(tmp_path, smoke_data, monkeypatch):
+    (tmp_path / "snapshot").mkdir()   # a stale one from an earlier attempt of the run goes
+    run = supervise(tmp_path, smoke_data, RAW + "print(batch(2, 8), flush=True)\ntime.sleep(30)\n",
+                    argv_prefix=[BWRAP, *SANDBOX], time_budget=0.5, budget_slack=0.0, **cache_spec(tmp_path))
+    assert run.report["batches_served"] == 1, (run.report, run.log, run.stderr)
+    assert not (tmp_path / "snapshot").exists()
+    assert "compile cache: nothing to keep" in run.stderr
+
+    import supervise as supervisor_module
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(5):
+        (src / f"f{i}").write_text("x" * 100)
+    monkeypatch.setattr(supervisor_module, "SNAPSHOT_MAX_ENTRIES", 4)
+    fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(supervisor_module.SnapshotTooLarge, match="more than 4 files and folders"):
+            supervisor_module._copy_tree(fd, str(tmp_path / "copy"), [0, 0, 0])
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
 # Pre-started trainers (--standby, prestart.py)
 # ---------------------------------------------------------------------------------------------
 PRESTART_PY = os.path.join(PYTHON_DIR, "prestart.py")

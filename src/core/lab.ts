@@ -1,7 +1,7 @@
 import Database from 'better-sqlite3';
 import { randomInt } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { existsSync, readFileSync, realpathSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, realpathSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { availableParallelism, hostname } from 'node:os';
 import { join } from 'node:path';
@@ -11,7 +11,9 @@ import { UserError } from './errors.js';
 import { gpuUsage, type GpuUsage } from './gpus.js';
 import { contentHash, FileHashCache, sha256 } from './hashing.js';
 import { applySearchReplace, applyUnifiedDiff, checkNoReplacementCharacter, diffStat, unifiedDiff } from './patch.js';
-import { harnessDir, runDir, standbyDir, stateDir } from './paths.js';
+import { CompileCache } from './compile-cache.js';
+import { compileCacheDir, harnessDir, runDir, standbyDir, stateDir } from './paths.js';
+import { runFolder } from './run-folder.js';
 import { checkTrainPy, type Violation } from './rules.js';
 import { cpuThreadsPerRun, ProcessRunner, readLogTail, type Budget, type BudgetClock, type RunProgress, type Slot } from './runner.js';
 import { recordedPythonProblem } from './python.js';
@@ -109,6 +111,8 @@ export class Lab extends EventEmitter {
   private mutationChain: Promise<unknown> = Promise.resolve();
   private closed = false;
 
+  private readonly compileCache: CompileCache;
+
   private constructor(
     readonly workspace: Workspace,
     readonly store: Store,
@@ -122,6 +126,7 @@ export class Lab extends EventEmitter {
     private readonly slotsAreDevices: boolean,
   ) {
     super();
+    this.compileCache = new CompileCache(compileCacheDir(workspace.dir));
     runner.on('progress', (id: number, progress: RunProgress) => this.emit('progress', id, progress));
   }
 
@@ -168,11 +173,13 @@ export class Lab extends EventEmitter {
       cpuThreads: cpuThreadsPerRun(availableParallelism(), cpuSlots, budget.clock),
       standbyDir: serving ? standbyDir(dir) : undefined,
       slurm: options.slurm,
+      compileCache: serving && !options.unsandboxed ? compileCacheDir(dir) : undefined,
     });
     const log = options.log ?? ((message: string) => process.stderr.write(`[autoresearch] ${message}\n`));
     if (serving) {
       try {
         acquireServerLock(dir);
+        mkdirSync(compileCacheDir(dir), { recursive: true });
       } catch (error) {
         store.close();
         throw error;
@@ -981,9 +988,39 @@ export class Lab extends EventEmitter {
         seed: outcome.seed,
         sandboxed: outcome.sandboxed,
       }, outcome.slurmJob);
+      await this.settleSnapshot(experiment, outcome.status);
     } catch (error) {
       this.finish(id, { status: 'crashed', error: `the server could not run it: ${(error as Error).message}`, finishedAt: Date.now() });
     }
+  }
+
+  /**
+   * A run's compile snapshot (compile-cache.ts) becomes the workspace's cache when the run's commit
+   * is the head (a baseline, a noise run); a succeeded candidate's waits for its decision; any
+   * other is dropped. A failure here costs later runs a compile, never this run its result.
+   */
+  private async settleSnapshot(experiment: Experiment, status: string): Promise<void> {
+    const snapshot = this.snapshotOf(experiment.id);
+    if (!existsSync(snapshot)) return;
+    try {
+      if (status === 'succeeded' && experiment.candidateCommit === (await this.workspace.headCommit())) await this.promoteSnapshot(experiment);
+      else if (status !== 'succeeded' || experiment.kind !== 'candidate') await this.compileCache.drop(snapshot);
+    } catch (error) {
+      this.log(`compile cache: experiment ${experiment.id}'s snapshot was not taken in (${(error as Error).message})`);
+    }
+  }
+
+  private async promoteSnapshot(experiment: Experiment): Promise<void> {
+    const { id, candidateCommit } = experiment;
+    try {
+      if (candidateCommit && (await this.compileCache.promote(this.snapshotOf(id), candidateCommit, id))) this.log(`compile cache: now what experiment ${id} compiled before its first batch`);
+    } catch (error) {
+      this.log(`compile cache: experiment ${id}'s snapshot was not taken in (${(error as Error).message})`);
+    }
+  }
+
+  private snapshotOf(id: number): string {
+    return runFolder(runDir(this.workspace.dir, id)).compileSnapshot;
   }
 
   /**
@@ -1301,6 +1338,7 @@ export class Lab extends EventEmitter {
         await this.workspace.advanceBranch(branch, head, experiment.candidateCommit as string);
         crashPoint('after_branch_move');
         this.store.completeMove(move.id);
+        await this.promoteSnapshot(experiment);
         restoredTrainPy = await this.followHead(head, experiment.candidateCommit as string, id);
         reruns.push(...(await this.reconcileSiblings(experiment, head, confidence, minImprovement)));
       } else if (verdict.verdict === 'discard') {
@@ -1315,6 +1353,7 @@ export class Lab extends EventEmitter {
           }
         }
         this.store.setDecision(id, 'discard', verdict.reason, Date.now(), verdict.figures);
+        await this.compileCache.drop(this.snapshotOf(id));
       } else {
         this.store.setVerdict(id, 'inconclusive', verdict.reason, verdict.figures);
       }

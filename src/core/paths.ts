@@ -59,6 +59,11 @@ export function standbyDir(workspace: string): string {
 }
 
 /** One run's folder: code, scratch, hand-over, spec and log (docs/run-protocol.md). */
+/** The workspace's compile cache (src/core/compile-cache.ts). */
+export function compileCacheDir(workspace: string): string {
+  return join(stateDir(workspace), 'compile-cache');
+}
+
 export function runDir(workspace: string, experimentId: number): string {
   return join(stateDir(workspace), 'runs', String(experimentId));
 }

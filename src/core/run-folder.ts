@@ -19,6 +19,8 @@ export interface RunFolder {
   data: string;
   log: string;
   spec: string;
+  /** Written by the supervisor only, sandboxed: the trainer's compile cache as it was before the first batch. */
+  compileSnapshot: string;
 }
 
 export function runFolder(root: string): RunFolder {
@@ -30,6 +32,7 @@ export function runFolder(root: string): RunFolder {
     data: join(root, 'data'),
     log: join(root, 'run.log'),
     spec: join(root, 'spec.json'),
+    compileSnapshot: join(root, 'compile-snapshot'),
   };
 }
 
@@ -79,6 +82,9 @@ export interface SupervisorSpec {
   startup_allowance: number;
   export_allowance: number;
   max_batch_tokens: number;
+  /** Sandboxed: the trainer's compile cache folder inside its sandbox, and where the supervisor copies it before the first batch. */
+  compile_cache: string | null;
+  compile_snapshot: string | null;
 }
 
 export async function writeSpec(folder: RunFolder, spec: SupervisorSpec): Promise<void> {

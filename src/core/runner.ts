@@ -4,6 +4,7 @@ import { EventEmitter } from 'node:events';
 import { closeSync, existsSync, openSync, readSync, statSync } from 'node:fs';
 import { mkdir, rename, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { compileCacheEnv } from './compile-cache.js';
 import { sha256, sha256File } from './hashing.js';
 import { PACKAGE_ROOT } from './paths.js';
 import { cleanRunFolder, runFolder, writeRunFolder, writeSpec, type RunFolder, type SupervisorSpec } from './run-folder.js';
@@ -16,6 +17,7 @@ import {
   hostFacts,
   outsideSystemDirs,
   probePythonLayout,
+  TRAINER_COMPILE_CACHE,
   TRAINER_DATA,
   TRAINER_SCRATCH,
   trainerArgv,
@@ -185,6 +187,8 @@ export interface RunnerOptions {
    * cluster's nodes. Pre-started trainers are off: a standby would hold a job's GPU while idle.
    */
   slurm?: SlurmOptions;
+  /** The workspace's compile cache folder (compile-cache.ts), which must exist: sandboxed trainers are seeded from it. */
+  compileCache?: string;
 }
 
 /** How often a run waiting for its slot's pre-started trainer looks for the supervisor's `ready` file. */
@@ -929,6 +933,7 @@ export class ProcessRunner extends EventEmitter {
       env.HOME = TRAINER_SCRATCH;
       env.TMPDIR = '/tmp';
       env.AUTORESEARCH_DATA_DIR = TRAINER_DATA;
+      if (this.options.compileCache) Object.assign(env, compileCacheEnv());
     } else {
       env.PATH = process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin';
       env.HOME = folder.scratch;
@@ -970,6 +975,7 @@ export class ProcessRunner extends EventEmitter {
           env,
           forbidden: this.options.forbidden,
           prestart,
+          compileCache: this.options.compileCache,
         })
       : [...pdeathsigPrefix(), this.options.python, '-u', join(folder.code, 'train.py')];
     return {
@@ -987,6 +993,8 @@ export class ProcessRunner extends EventEmitter {
       startup_allowance: budget.startupAllowance,
       export_allowance: budget.exportAllowance,
       max_batch_tokens: budget.maxBatchTokens,
+      compile_cache: this.sandboxed && this.options.compileCache ? TRAINER_COMPILE_CACHE : null,
+      compile_snapshot: this.sandboxed && this.options.compileCache ? folder.compileSnapshot : null,
     };
   }
 

@@ -14,6 +14,10 @@ export const TRAINER_CODE = '/sandbox/code';
 export const TRAINER_DATA = '/sandbox/data';
 export const TRAINER_SCRATCH = '/sandbox/scratch';
 export const TRAINER_PRESTART = '/sandbox/prestart.py';
+/** The workspace's compile cache, read-only (compile-cache.ts). */
+export const TRAINER_COMPILE_SEED = '/sandbox/compile-cache';
+/** The run's own compile cache, in the sandbox's private /tmp: the supervisor copies it out before the first batch. */
+export const TRAINER_COMPILE_CACHE = '/tmp/compile-cache';
 /** Where things appear inside the evaluator's sandbox. */
 export const EVAL_ROOT = '/eval';
 export const EVAL_IN = '/eval/in';
@@ -77,6 +81,8 @@ export interface TrainerLayout {
    * /sandbox/code/train.py`, imports torch and waits for the supervisor's `go` (a pre-started trainer).
    */
   prestart?: string;
+  /** Host folder of the workspace's compile cache, bound read-only at TRAINER_COMPILE_SEED. */
+  compileCache?: string;
 }
 
 export interface EvaluatorLayout {
@@ -176,6 +182,7 @@ export function trainerArgv(facts: HostFacts, layout: TrainerLayout): string[] {
   const args = [facts.bwrap, ...baseArgs(facts, layout.python, layout, layout.scratchBytes, layout.forbidden ?? [])];
   args.push('--ro-bind', layout.codeDir, TRAINER_CODE);
   if (layout.prestart) args.push('--ro-bind', layout.prestart, TRAINER_PRESTART);
+  if (layout.compileCache) args.push('--ro-bind', layout.compileCache, TRAINER_COMPILE_SEED);
   for (const name of TRAINER_DATA_FILES) args.push('--ro-bind', join(layout.dataDir, name), `${TRAINER_DATA}/${name}`);
   args.push('--size', String(layout.scratchBytes), '--tmpfs', TRAINER_SCRATCH);
   // The sandbox's root is a tmpfs bwrap builds; once every mount point exists it becomes read-only.
