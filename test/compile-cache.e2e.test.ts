@@ -72,6 +72,9 @@ describe('compile cache shared by the runs of a workspace (smoke profile, CPU co
     expect(head).toMatch(new RegExp(`^${compiled.commit.slice(0, 12)}-e${compiled.id}-`));
     expect(filesUnder(join(cache, head)).some((file) => file.startsWith('inductor/'))).toBe(true);
     expect(existsSync(join(runDir(workspace, compiled.id), 'compile-snapshot'))).toBe(false);
+    const status = await ok(server.client, 'status');
+    expect(status.compileCache).toMatchObject({ experimentId: compiled.id, commit: compiled.commit.slice(0, 12) });
+    expect(status.compileCache.files).toBe(filesUnder(join(cache, head)).length);
   }, 900_000);
 
   it('seeds the next run from it: a change that keeps the model graph compiles nothing again, and a discarded run\'s snapshot goes', async () => {

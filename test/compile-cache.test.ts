@@ -22,6 +22,7 @@ describe('CompileCache', () => {
     await cache.ensure();
     expect(await cache.promote(join(root, 'absent'), COMMIT(1), 1)).toBe(false);
     expect(readdirSync(cache.dir)).toEqual([]);
+    expect(cache.describe()).toBeNull();
 
     for (const id of [1, 2, 3]) {
       const snap = snapshot(root, `snap${id}`, `run ${id}`);
@@ -31,6 +32,7 @@ describe('CompileCache', () => {
     }
     const head = readlinkSync(join(cache.dir, 'head'));
     expect(head).toMatch(new RegExp(`^${COMMIT(3).slice(0, 12)}-e3-[0-9a-f]{8}$`));
+    expect(cache.describe()).toEqual({ experimentId: 3, commit: COMMIT(3).slice(0, 12), files: 1, bytes: 'run 3'.length });
     const versions = readdirSync(cache.dir).filter((name) => name !== 'head').sort();
     expect(versions).toHaveLength(2);
     expect(versions).toContain(head);

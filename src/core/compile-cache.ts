@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, readlinkSync, statSync } from 'node:fs';
 import { mkdir, readdir, readlink, rename, rm, symlink } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
@@ -20,6 +20,14 @@ import { TRAINER_COMPILE_CACHE, TRAINER_COMPILE_SEED } from './sandbox.js';
 /** The link in the cache folder naming the current version (a folder beside it). */
 const HEAD_LINK = 'head';
 
+/** What the cache holds now: whose run it comes from and its size. */
+export interface CompileCacheView {
+  experimentId: number;
+  commit: string;
+  files: number;
+  bytes: number;
+}
+
 /** The sandboxed trainer's environment for the cache: prepare.py seeds, the compilers use it. */
 export function compileCacheEnv(): Record<string, string> {
   return {
@@ -39,6 +47,30 @@ export class CompileCache {
   private chain: Promise<unknown> = Promise.resolve();
 
   constructor(readonly dir: string) {}
+
+  /** The current version, or null while the cache is empty. */
+  describe(): CompileCacheView | null {
+    let version: string;
+    try {
+      version = readlinkSync(join(this.dir, HEAD_LINK));
+    } catch {
+      return null;
+    }
+    const named = /^([0-9a-f]{12})-e(\d+)-[0-9a-f]{8}$/.exec(version);
+    if (!named) return null;
+    let files = 0;
+    let bytes = 0;
+    try {
+      for (const entry of readdirSync(join(this.dir, version), { recursive: true, withFileTypes: true })) {
+        if (!entry.isFile()) continue;
+        files += 1;
+        bytes += statSync(join(entry.parentPath, entry.name)).size;
+      }
+    } catch {
+      return null; // replaced while being counted
+    }
+    return { experimentId: Number(named[2]), commit: named[1], files, bytes };
+  }
 
   /** The folder exists before any sandbox binds it. */
   async ensure(): Promise<void> {

@@ -1807,6 +1807,7 @@ export class Lab extends EventEmitter {
       harnessDrift: drift,
       trainPyModified: tree.trainPyModified,
       strayChanges: tree.strayChanges,
+      compileCache: this.compileCache.describe(),
     };
   }
 

@@ -66,6 +66,10 @@ export const status = defineTool({
     harnessDrift: z.array(z.string()),
     trainPyModified: z.boolean(),
     strayChanges: z.array(z.string()),
+    compileCache: z
+      .object({ experimentId: z.number().int(), commit: z.string(), files: z.number().int(), bytes: z.number().int() })
+      .nullable()
+      .describe('what new runs compile from: the cache as it was before the first batch of this kept (or head) experiment; null while empty (on CPU train.py compiles nothing)'),
   },
   kind: 'read',
   async handler(_args, { lab }) {
@@ -88,6 +92,9 @@ export const status = defineTool({
         '.',
       ...status.pausedAgents.map((p) => `Paused: ${p.agent} after failed experiments ${p.crashed.join(', ')}; held: ${p.held.join(', ') || 'none'}.`),
       status.harnessIntact ? 'Harness intact.' : `Harness DRIFT: ${status.harnessDrift.join(', ')}.`,
+      ...(status.compileCache
+        ? [`Compile cache: from experiment ${status.compileCache.experimentId} (${status.compileCache.commit.slice(0, 8)}), ${status.compileCache.files} files, ${(status.compileCache.bytes / 2 ** 20).toFixed(1)} MiB.`]
+        : []),
       `train.py: ${status.stackedOn ? `builds on undecided experiment ${status.stackedOn}` : status.trainPyModified ? 'has edits not yet run' : 'as at the head'}` +
         (status.strayChanges.length ? `; other changed files (not part of experiments): ${status.strayChanges.join(', ')}` : '') +
         `. Sessions: ${status.sessions.join(', ') || 'none'}.`,
