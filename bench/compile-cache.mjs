@@ -13,6 +13,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { cpus, hostname, loadavg } from 'node:os';
 import { join, resolve } from 'node:path';
+import { constantEdit, entryFor } from '../dist/agent/plan.js';
 import { Store } from '../dist/core/store.js';
 import { call, servedCpuWorkspace, waitFinished } from './served.mjs';
 
@@ -26,11 +27,8 @@ async function runEdited(client, description, edit) {
   return (await waitFinished(client, queued.experiment.id)).id;
 }
 
-const replaceLine = (text, name, value) => {
-  const line = new RegExp(`^${name}\\s*=.*$`, 'm').exec(text)?.[0];
-  if (!line) throw new Error(`train.py has no ${name} line`);
-  return { search: line, replace: `${name} = ${value}` };
-};
+/** `name = value` in train.py (its cpu entry where it has one per profile). */
+const replaceLine = (text, name, value) => constantEdit(text, name, value, entryFor(text, name, 'cpu'));
 const COUNTERS =
   'counters = torch._dynamo.utils.counters["inductor"]\n' +
   'print(f"fxgraph cache: hits {counters[\'fxgraph_cache_hit\']}, misses {counters[\'fxgraph_cache_miss\']}", flush=True)\n';

@@ -20,6 +20,17 @@ import { TRAINER_COMPILE_CACHE, TRAINER_COMPILE_SEED } from './sandbox.js';
 /** The link in the cache folder naming the current version (a folder beside it). */
 const HEAD_LINK = 'head';
 
+/** A version's folder name: `<commit, 12 hex>-e<experiment>-<8 hex>`. */
+function versionName(commit: string, experimentId: number): string {
+  return `${commit.slice(0, 12)}-e${experimentId}-${randomBytes(4).toString('hex')}`;
+}
+
+/** The commit and experiment a version's folder name says it comes from, or undefined. */
+function versionOf(name: string | undefined): { commit: string; experimentId: number } | undefined {
+  const named = name === undefined ? null : /^([0-9a-f]{12})-e(\d+)-[0-9a-f]{8}$/.exec(name);
+  return named ? { commit: named[1], experimentId: Number(named[2]) } : undefined;
+}
+
 /** What the cache holds now: whose run it comes from and its size. */
 export interface CompileCacheView {
   experimentId: number;
@@ -56,8 +67,8 @@ export class CompileCache {
     } catch {
       return null;
     }
-    const named = /^([0-9a-f]{12})-e(\d+)-[0-9a-f]{8}$/.exec(version);
-    if (!named) return null;
+    const source = versionOf(version);
+    if (!source) return null;
     let files = 0;
     let bytes = 0;
     try {
@@ -69,7 +80,7 @@ export class CompileCache {
     } catch {
       return null; // replaced while being counted
     }
-    return { experimentId: Number(named[2]), commit: named[1], files, bytes };
+    return { ...source, files, bytes };
   }
 
   /** The folder exists before any sandbox binds it. */
@@ -85,14 +96,13 @@ export class CompileCache {
   promote(snapshot: string, commit: string, experimentId: number): Promise<boolean> {
     return this.serialized(async () => {
       if (!existsSync(snapshot)) return false;
-      const source = commit.slice(0, 12);
       const current = await readlink(join(this.dir, HEAD_LINK)).catch(() => undefined);
-      if (current?.startsWith(`${source}-`)) {
+      if (versionOf(current)?.commit === commit.slice(0, 12)) {
         await rm(snapshot, { recursive: true, force: true });
         return false;
       }
       await this.ensure();
-      const version = `${source}-e${experimentId}-${randomBytes(4).toString('hex')}`;
+      const version = versionName(commit, experimentId);
       await rename(snapshot, join(this.dir, version));
       const link = join(this.dir, `.${HEAD_LINK}-${version}`);
       await symlink(version, link);
@@ -104,7 +114,7 @@ export class CompileCache {
     });
   }
 
-  /** Removes a snapshot that will never be the cache (a failure to leaves it for the run's next attempt to replace). */
+  /** Removes a snapshot that will never be the cache (if that fails, the run's next attempt replaces it). */
   drop(snapshot: string): Promise<void> {
     return this.serialized(() => rm(snapshot, { recursive: true, force: true }).catch(() => undefined));
   }

@@ -58,12 +58,12 @@ export function standbyDir(workspace: string): string {
   return join(stateDir(workspace), 'standby');
 }
 
-/** One run's folder: code, scratch, hand-over, spec and log (docs/run-protocol.md). */
 /** The workspace's compile cache (src/core/compile-cache.ts). */
 export function compileCacheDir(workspace: string): string {
   return join(stateDir(workspace), 'compile-cache');
 }
 
+/** One run's folder: code, scratch, hand-over, spec and log (docs/run-protocol.md). */
 export function runDir(workspace: string, experimentId: number): string {
   return join(stateDir(workspace), 'runs', String(experimentId));
 }
